@@ -1,0 +1,276 @@
+//! Any OpenAI-compatible `POST {base_url}/chat/completions` server: llama.cpp's llama-server,
+//! vLLM, Ollama's OpenAI endpoint, mlx-vlm's server, OpenAI itself.
+//!
+//! Images travel as base64 `data:` URLs in `image_url` content parts, before the text part, in
+//! the user message they belong to; the whole conversation is sent at every turn.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::{Backend, BackendError, Generation, Request};
+use crate::config::OpenAiSpec;
+
+pub struct OpenAi {
+    url: String,
+    model: String,
+    api_key: Option<String>,
+    client: reqwest::blocking::Client,
+    permits: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl OpenAi {
+    pub fn new(spec: &OpenAiSpec) -> Result<Self, String> {
+        let api_key = match &spec.api_key_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Some(v),
+                _ => {
+                    return Err(format!(
+                        "the API key variable `{var}` (api_key_env in models.toml) is not set"
+                    ));
+                }
+            },
+        };
+        let client = reqwest::blocking::Client::builder()
+            .timeout(spec.timeout)
+            .connect_timeout(spec.timeout.min(std::time::Duration::from_secs(10)))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            url: format!("{}/chat/completions", spec.base_url),
+            model: spec.model.clone(),
+            api_key,
+            client,
+            permits: Mutex::new(spec.concurrency),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// The JSON body of a chat/completions request.
+    pub fn body(&self, req: &Request) -> Result<Value, BackendError> {
+        request_body(&self.model, req)
+    }
+
+    fn acquire(&self) {
+        let mut p = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        while *p == 0 {
+            p = self.cv.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        *p -= 1;
+    }
+
+    fn release(&self) {
+        *self.permits.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.cv.notify_one();
+    }
+}
+
+/// Builds the request body: messages with text and image parts, `max_tokens`, `temperature`
+/// (always sent, 0 by default) and `seed` when set.
+pub fn request_body(model: &str, req: &Request) -> Result<Value, BackendError> {
+    let mut messages = Vec::with_capacity(req.messages.len() + 1);
+    if let Some(sys) = &req.params.system_prompt {
+        messages.push(json!({"role": "system", "content": sys}));
+    }
+    for m in &req.messages {
+        if m.images.is_empty() {
+            messages.push(json!({"role": m.role.as_str(), "content": m.text}));
+            continue;
+        }
+        let mut parts = Vec::with_capacity(m.images.len() + 1);
+        for img in &m.images {
+            let bytes = img.bytes().map_err(BackendError)?;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes.as_slice());
+            parts.push(json!({
+                "type": "image_url",
+                "image_url": {"url": format!("data:{};base64,{b64}", img.mime)}
+            }));
+        }
+        parts.push(json!({"type": "text", "text": m.text}));
+        messages.push(json!({"role": m.role.as_str(), "content": parts}));
+    }
+    let mut body = json!({
+        "model": model,
+        "messages": messages,
+        "max_tokens": req.params.max_new_tokens,
+        "temperature": req.params.temperature,
+        "stream": false,
+    });
+    if let Some(seed) = req.params.seed {
+        body["seed"] = json!(seed);
+    }
+    Ok(body)
+}
+
+/// The start of a body, for error messages.
+pub fn body_start(body: &str) -> String {
+    let t: String = body.trim().chars().take(200).collect();
+    let t = t.split_whitespace().collect::<Vec<_>>().join(" ");
+    if body.trim().chars().count() > 200 {
+        format!("{t}…")
+    } else {
+        t
+    }
+}
+
+/// Reads the answer and token usage out of a chat/completions response body.
+pub fn parse_response(body: &str) -> Result<Generation, BackendError> {
+    let v: Value = serde_json::from_str(body).map_err(|_| {
+        BackendError(format!(
+            "the server's reply is not JSON: {:?}",
+            body_start(body)
+        ))
+    })?;
+    if let Some(err) = v.get("error") {
+        let msg = err
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| err.to_string());
+        return Err(BackendError(format!(
+            "the server answered with an error: {msg}"
+        )));
+    }
+    let choices = v.get("choices").and_then(Value::as_array).ok_or_else(|| {
+        BackendError(format!(
+            "the server's reply has no `choices`: {:?}",
+            body_start(body)
+        ))
+    })?;
+    let first = choices.first().ok_or_else(|| {
+        BackendError("the server's reply has an empty `choices` list".to_string())
+    })?;
+    let message = first.get("message").ok_or_else(|| {
+        BackendError(format!(
+            "the server's first choice has no `message`: {:?}",
+            body_start(body)
+        ))
+    })?;
+    let text = match message.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        // Some servers answer with content parts.
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => {
+            return Err(BackendError(format!(
+                "the message content is neither text nor parts: {}",
+                body_start(&other.to_string())
+            )));
+        }
+    };
+    let usage = v.get("usage");
+    let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64);
+    Ok(Generation {
+        text,
+        prompt_tokens: tokens("prompt_tokens"),
+        completion_tokens: tokens("completion_tokens"),
+        ..Generation::default()
+    })
+}
+
+impl Backend for OpenAi {
+    fn generate(&self, req: &Request) -> Result<Generation, BackendError> {
+        let body = self.body(req)?;
+        self.acquire();
+        struct Permit<'a>(&'a OpenAi);
+        impl Drop for Permit<'_> {
+            fn drop(&mut self) {
+                self.0.release();
+            }
+        }
+        let _permit = Permit(self);
+        let start = Instant::now();
+        let mut call = self.client.post(&self.url).json(&body);
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        let resp = call.send().map_err(|e| {
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "could not connect"
+            } else {
+                "failed"
+            };
+            // reqwest's errors name the URL, never the headers: the key stays out.
+            BackendError(format!(
+                "request to {} {what}: {}",
+                self.url,
+                error_chain(&e)
+            ))
+        })?;
+        let status = resp.status();
+        let text = resp.text().map_err(|e| {
+            BackendError(format!(
+                "reading the reply from {} failed: {}",
+                self.url,
+                error_chain(&e)
+            ))
+        })?;
+        let latency = start.elapsed();
+        if !status.is_success() {
+            return Err(BackendError(format!(
+                "HTTP {status} from {}: {:?}",
+                self.url,
+                body_start(&text)
+            )));
+        }
+        let mut g = parse_response(&text)?;
+        g.latency = latency;
+        Ok(g)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let m = inner.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_usage_and_content() {
+        let g = parse_response(
+            r#"{"choices":[{"message":{"role":"assistant","content":"a cat"}}],"usage":{"prompt_tokens":12,"completion_tokens":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(g.text, "a cat");
+        assert_eq!(g.prompt_tokens, Some(12));
+        assert_eq!(g.completion_tokens, Some(3));
+    }
+
+    #[test]
+    fn malformed_replies_quote_the_body() {
+        let e = parse_response("<html><body>502 Bad Gateway</body></html>").unwrap_err();
+        assert!(
+            e.0.contains("not JSON") && e.0.contains("502 Bad Gateway"),
+            "{}",
+            e.0
+        );
+        let e = parse_response(r#"{"choices":[]}"#).unwrap_err();
+        assert!(e.0.contains("empty `choices`"), "{}", e.0);
+        let e = parse_response(r#"{"choices":[{"index":0}]}"#).unwrap_err();
+        assert!(e.0.contains("no `message`"), "{}", e.0);
+        let e = parse_response(r#"{"error":{"message":"model not found"}}"#).unwrap_err();
+        assert!(e.0.contains("model not found"), "{}", e.0);
+    }
+}

@@ -1,0 +1,98 @@
+//! Images referenced by suites: checked at load time (exists, decodable header), read lazily.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// An image a case shows the model.
+#[derive(Debug)]
+pub struct Image {
+    /// Absolute path on disk.
+    pub path: PathBuf,
+    /// The path as written in the suite, for messages and reports.
+    pub shown: String,
+    pub mime: &'static str,
+    pub width: u32,
+    pub height: u32,
+    bytes: OnceLock<Result<Arc<Vec<u8>>, String>>,
+}
+
+impl Image {
+    /// The file's bytes, read once.
+    pub fn bytes(&self) -> Result<Arc<Vec<u8>>, String> {
+        self.bytes
+            .get_or_init(|| {
+                std::fs::read(&self.path)
+                    .map(Arc::new)
+                    .map_err(|e| format!("cannot read image {}: {e}", self.path.display()))
+            })
+            .clone()
+    }
+}
+
+fn mime_of(format: image::ImageFormat) -> Option<&'static str> {
+    use image::ImageFormat as F;
+    Some(match format {
+        F::Png => "image/png",
+        F::Jpeg => "image/jpeg",
+        F::Gif => "image/gif",
+        F::WebP => "image/webp",
+        F::Bmp => "image/bmp",
+        _ => return None,
+    })
+}
+
+/// Checks images once per path, however many cases use them.
+#[derive(Default)]
+pub struct ImageCache {
+    seen: HashMap<PathBuf, Result<Arc<Image>, String>>,
+}
+
+impl ImageCache {
+    /// Resolves `written` relative to `base` and checks that it is a decodable image.
+    pub fn get(&mut self, base: &Path, written: &str) -> Result<Arc<Image>, String> {
+        let path = base.join(written);
+        if let Some(hit) = self.seen.get(&path) {
+            return hit.clone();
+        }
+        let result = probe(&path, written);
+        self.seen.insert(path, result.clone());
+        result
+    }
+}
+
+fn probe(path: &Path, written: &str) -> Result<Arc<Image>, String> {
+    if written.trim().is_empty() {
+        return Err("empty image path (expected a file relative to the suite)".into());
+    }
+    if !path.is_file() {
+        return Err(format!(
+            "image `{written}` not found (looked for {})",
+            path.display()
+        ));
+    }
+    let undecodable = |why: String| {
+        format!("image `{written}` cannot be decoded: {why} (expected PNG, JPEG, GIF, WebP or BMP)")
+    };
+    let reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| undecodable(e.to_string()))?;
+    let mime = reader
+        .format()
+        .and_then(mime_of)
+        .ok_or_else(|| undecodable("unknown format".into()))?;
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| undecodable(e.to_string()))?;
+    if width == 0 || height == 0 {
+        return Err(undecodable("zero-sized image".into()));
+    }
+    Ok(Arc::new(Image {
+        path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+        shown: written.to_string(),
+        mime,
+        width,
+        height,
+        bytes: OnceLock::new(),
+    }))
+}

@@ -1,0 +1,180 @@
+//! Configuration: the environment, suites and models.toml, checked once at start-up.
+
+pub mod image;
+pub mod models;
+pub mod suite;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use models::{BackendSpec, GenParams, ModelSpec, ModelsConfig, OpenAiSpec};
+pub use suite::{Case, Gate, Suite, Thresholds, Turn};
+
+use crate::error::{ConfigError, ConfigErrors};
+
+/// What insta's `INSTA_UPDATE` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// `no` under CI, `unseen` elsewhere (vlmtest's default: new snapshots are accepted).
+    Auto,
+    Always,
+    New,
+    Unseen,
+    No,
+}
+
+/// Settings read from the environment (see the README for each variable).
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub root: PathBuf,
+    pub models: PathBuf,
+    pub suites: PathBuf,
+    pub out: PathBuf,
+    pub snapshots: PathBuf,
+    pub max_resident: usize,
+    pub require_models: bool,
+    pub ci: bool,
+    pub update: UpdateMode,
+    pub force_pass: bool,
+}
+
+fn truthy(v: &str) -> bool {
+    !matches!(
+        v.trim().to_lowercase().as_str(),
+        "" | "0" | "false" | "no" | "off"
+    )
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Result<Env, ConfigError> {
+        Env::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `get` (the process environment, or a map in tests).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Env, ConfigError> {
+        let root = get("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let path = |var: &str, default: &str| match get(var).filter(|v| !v.is_empty()) {
+            Some(v) => PathBuf::from(v),
+            None => root.join(default),
+        };
+        let max_resident = match get("VLMTEST_MAX_RESIDENT").filter(|v| !v.is_empty()) {
+            None => 1,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(ConfigError::env(format!(
+                        "VLMTEST_MAX_RESIDENT must be a whole number >= 1, got `{v}`"
+                    )));
+                }
+            },
+        };
+        let update = match get("INSTA_UPDATE").as_deref().map(str::trim) {
+            None | Some("") | Some("auto") => UpdateMode::Auto,
+            Some("always") | Some("1") => UpdateMode::Always,
+            Some("new") => UpdateMode::New,
+            Some("unseen") => UpdateMode::Unseen,
+            Some("no") | Some("0") => UpdateMode::No,
+            Some(other) => {
+                return Err(ConfigError::env(format!(
+                    "INSTA_UPDATE=`{other}` is not understood (expected one of: auto, always, new, unseen, no)"
+                )));
+            }
+        };
+        Ok(Env {
+            models: path("VLMTEST_MODELS", "models.toml"),
+            suites: path("VLMTEST_SUITES", "suites"),
+            out: path("VLMTEST_OUT", "target/vlmtest"),
+            snapshots: path("VLMTEST_SNAPSHOTS", "snapshots"),
+            max_resident,
+            require_models: get("VLMTEST_REQUIRE_MODELS").is_some_and(|v| truthy(&v)),
+            ci: get("CI").is_some_and(|v| truthy(&v)),
+            update,
+            force_pass: get("INSTA_FORCE_PASS").is_some_and(|v| truthy(&v)),
+            root,
+        })
+    }
+
+    /// `path` relative to the crate root when it lies under it, for messages and reports.
+    pub fn shown(&self, path: &Path) -> PathBuf {
+        path.strip_prefix(&self.root)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// Everything the plan is built from.
+#[derive(Debug)]
+pub struct Config {
+    pub models: ModelsConfig,
+    pub suites: Vec<Suite>,
+}
+
+/// Loads models.toml and every suite; all errors of all files are reported together.
+pub fn load(env: &Env) -> Result<Config, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let models = match models::load_models(&env.models) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            errors.0.extend(e.0.into_iter().map(|mut e| {
+                e.file = env.shown(&e.file);
+                e
+            }));
+            None
+        }
+    };
+    let mut suites = Vec::new();
+    let mut images = image::ImageCache::default();
+    match suite::discover(&env.suites) {
+        Err(e) => errors.push(e),
+        Ok(files) => {
+            let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+            for f in files {
+                let shown = env.shown(&f);
+                match suite::load_suite(&f, &shown, &mut images) {
+                    Ok(s) => {
+                        if let Some(prev) = names.insert(s.name.clone(), shown.clone()) {
+                            errors.push(ConfigError::new(
+                                &shown,
+                                None,
+                                format!(
+                                    "duplicate suite name `{}` (also used by {}; set `name:` to tell them apart)",
+                                    s.name,
+                                    prev.display()
+                                ),
+                            ));
+                        }
+                        suites.push(s);
+                    }
+                    Err(e) => errors.0.extend(e.0),
+                }
+            }
+        }
+    }
+    let Some(models) = models else {
+        return Err(errors);
+    };
+    // Gate overrides must name declared models.
+    for s in &suites {
+        for (m, (_, line)) in &s.gate.models {
+            if !models.models.iter().any(|spec| &spec.name == m) {
+                let known: Vec<&str> = models.models.iter().map(|m| m.name.as_str()).collect();
+                errors.push(ConfigError::new(
+                    &s.file,
+                    Some(*line),
+                    format!(
+                        "gate override for unknown model `{m}` (models in {}: {})",
+                        env.shown(&models.file).display(),
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    suites.sort_by(|a, b| a.name.cmp(&b.name));
+    errors.into_result(Config { models, suites })
+}

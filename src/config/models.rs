@@ -1,0 +1,377 @@
+//! models.toml: raw serde types, then checked model specs.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::suite::valid_id;
+use crate::error::{ConfigError, ConfigErrors, line_of_offset, read_text};
+
+/// The checked models.toml.
+#[derive(Debug, Clone)]
+pub struct ModelsConfig {
+    pub file: PathBuf,
+    /// Every declared model, enabled or not, sorted by name.
+    pub models: Vec<ModelSpec>,
+}
+
+/// One model as declared.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub line: usize,
+    pub enabled: bool,
+    pub backend: BackendSpec,
+    pub params: GenParams,
+    /// Whether the model can answer without an image (`text_only = false`: it cannot).
+    pub text_only: bool,
+    /// Multiplies every case's `max_latency_ms` for this model.
+    pub latency_scale: f64,
+}
+
+/// Generation parameters every backend receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenParams {
+    pub max_new_tokens: u32,
+    pub temperature: f64,
+    pub seed: Option<u64>,
+    pub system_prompt: Option<String>,
+}
+
+impl GenParams {
+    /// Temperature 0: greedy decoding, the only setting whose answers are snapshotted.
+    pub fn deterministic(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum BackendSpec {
+    OpenAi(OpenAiSpec),
+}
+
+impl BackendSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendSpec::OpenAi(_) => "openai",
+        }
+    }
+}
+
+/// An OpenAI-compatible chat/completions server.
+#[derive(Debug, Clone)]
+pub struct OpenAiSpec {
+    /// Without the trailing slash, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// The environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+/// The backends users may name, with the keys each one takes.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+enum BackendKind {
+    Candle,
+    Openai,
+    LlamaServer,
+}
+
+const COMMON_KEYS: &[&str] = &[
+    "backend",
+    "enabled",
+    "max_new_tokens",
+    "temperature",
+    "seed",
+    "system_prompt",
+    "text_only",
+    "latency_scale",
+];
+
+impl BackendKind {
+    fn name(self) -> &'static str {
+        match self {
+            BackendKind::Candle => "candle",
+            BackendKind::Openai => "openai",
+            BackendKind::LlamaServer => "llama-server",
+        }
+    }
+
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            BackendKind::Candle => &["arch", "repo", "revision", "path", "dtype", "device"],
+            BackendKind::Openai => &[
+                "base_url",
+                "model",
+                "api_key_env",
+                "timeout_s",
+                "concurrency",
+            ],
+            BackendKind::LlamaServer => &[
+                "hf",
+                "model",
+                "mmproj",
+                "binary",
+                "args",
+                "port",
+                "startup_timeout_s",
+                "timeout_s",
+                "concurrency",
+            ],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    models: BTreeMap<String, toml::Spanned<RawModel>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    enabled: Option<bool>,
+    max_new_tokens: Option<u32>,
+    temperature: Option<f64>,
+    seed: Option<u64>,
+    system_prompt: Option<String>,
+    text_only: Option<bool>,
+    latency_scale: Option<f64>,
+    timeout_s: Option<f64>,
+    concurrency: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    backend: BackendKind,
+    enabled: Option<bool>,
+    max_new_tokens: Option<u32>,
+    temperature: Option<f64>,
+    seed: Option<u64>,
+    system_prompt: Option<String>,
+    text_only: Option<bool>,
+    latency_scale: Option<f64>,
+    // openai
+    base_url: Option<String>,
+    model: Option<String>,
+    api_key_env: Option<String>,
+    timeout_s: Option<f64>,
+    concurrency: Option<usize>,
+    // llama-server
+    hf: Option<String>,
+    mmproj: Option<String>,
+    binary: Option<String>,
+    args: Option<Vec<String>>,
+    port: Option<u16>,
+    startup_timeout_s: Option<f64>,
+    // candle
+    arch: Option<String>,
+    repo: Option<String>,
+    revision: Option<String>,
+    path: Option<String>,
+    dtype: Option<String>,
+    device: Option<String>,
+}
+
+impl RawModel {
+    /// The keys present in the table, by name.
+    fn present(&self) -> Vec<&'static str> {
+        let pairs: [(&str, bool); 25] = [
+            ("base_url", self.base_url.is_some()),
+            ("model", self.model.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+            ("timeout_s", self.timeout_s.is_some()),
+            ("concurrency", self.concurrency.is_some()),
+            ("hf", self.hf.is_some()),
+            ("mmproj", self.mmproj.is_some()),
+            ("binary", self.binary.is_some()),
+            ("args", self.args.is_some()),
+            ("port", self.port.is_some()),
+            ("startup_timeout_s", self.startup_timeout_s.is_some()),
+            ("arch", self.arch.is_some()),
+            ("repo", self.repo.is_some()),
+            ("revision", self.revision.is_some()),
+            ("path", self.path.is_some()),
+            ("dtype", self.dtype.is_some()),
+            ("device", self.device.is_some()),
+            ("enabled", self.enabled.is_some()),
+            ("max_new_tokens", self.max_new_tokens.is_some()),
+            ("temperature", self.temperature.is_some()),
+            ("seed", self.seed.is_some()),
+            ("system_prompt", self.system_prompt.is_some()),
+            ("text_only", self.text_only.is_some()),
+            ("latency_scale", self.latency_scale.is_some()),
+            ("backend", true),
+        ];
+        pairs.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect()
+    }
+}
+
+/// The line of `key = ...` inside the table at `span`, else the table's line.
+fn key_line(text: &str, span: &Range<usize>, key: &str) -> usize {
+    let start = span.start.min(text.len());
+    let end = span.end.min(text.len());
+    let mut offset = start;
+    for l in text[start..end].split_inclusive('\n') {
+        let t = l.trim_start();
+        if t.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return line_of_offset(text, offset);
+        }
+        offset += l.len();
+    }
+    line_of_offset(text, start)
+}
+
+/// Reads and checks models.toml.
+pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
+    let text = read_text(path, "a models.toml with [models.NAME] tables")?;
+    let raw: RawFile = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| line_of_offset(&text, s.start));
+        let msg = e.message().trim().to_string();
+        ConfigError::new(
+            path,
+            line,
+            format!("{msg} (expected [defaults] and [models.NAME] tables)"),
+        )
+    })?;
+    let mut errors = ConfigErrors::default();
+    if raw.models.is_empty() {
+        errors.push(ConfigError::new(
+            path,
+            None,
+            "no models declared (expected at least one [models.NAME] table)",
+        ));
+    }
+    let d = &raw.defaults;
+    let mut models = Vec::new();
+    for (name, spanned) in &raw.models {
+        let span = spanned.span();
+        let m = spanned.get_ref();
+        let line = line_of_offset(&text, span.start);
+        let at = |key: &str| Some(key_line(&text, &span, key));
+        let err = |l: Option<usize>, msg: String| ConfigError::new(path, l, msg);
+        if !valid_id(name, true) {
+            errors.push(err(
+                Some(line),
+                format!("invalid model name `{name}` (expected [a-z0-9_.-]+)"),
+            ));
+        }
+        let kind = m.backend;
+        for key in m.present() {
+            if !COMMON_KEYS.contains(&key) && !kind.keys().contains(&key) {
+                errors.push(err(
+                    at(key),
+                    format!(
+                        "key `{key}` does not apply to backend `{}` (its keys: {})",
+                        kind.name(),
+                        kind.keys().join(", ")
+                    ),
+                ));
+            }
+        }
+        let temperature = m.temperature.or(d.temperature).unwrap_or(0.0);
+        if !(0.0..=5.0).contains(&temperature) {
+            errors.push(err(
+                at("temperature"),
+                format!("`temperature` must be between 0 and 5, got {temperature}"),
+            ));
+        }
+        let max_new_tokens = m.max_new_tokens.or(d.max_new_tokens).unwrap_or(32);
+        if max_new_tokens == 0 {
+            errors.push(err(
+                at("max_new_tokens"),
+                "`max_new_tokens` must be at least 1".into(),
+            ));
+        }
+        let latency_scale = m.latency_scale.or(d.latency_scale).unwrap_or(1.0);
+        if !(latency_scale > 0.0 && latency_scale.is_finite()) {
+            errors.push(err(
+                at("latency_scale"),
+                format!("`latency_scale` must be a number > 0, got {latency_scale}"),
+            ));
+        }
+        let timeout_s = m.timeout_s.or(d.timeout_s).unwrap_or(120.0);
+        if !(timeout_s > 0.0 && timeout_s.is_finite() && timeout_s < 1e7) {
+            errors.push(err(
+                at("timeout_s"),
+                format!("`timeout_s` must be a number of seconds > 0, got {timeout_s}"),
+            ));
+        }
+        let concurrency = m.concurrency.or(d.concurrency).unwrap_or(1);
+        if concurrency == 0 {
+            errors.push(err(
+                at("concurrency"),
+                "`concurrency` must be at least 1".into(),
+            ));
+        }
+        let backend = match kind {
+            BackendKind::Openai => {
+                let base_url = m.base_url.clone().unwrap_or_default();
+                let model = m.model.clone().unwrap_or_default();
+                if base_url.is_empty() {
+                    errors.push(err(Some(line), format!("model `{name}`: backend `openai` needs `base_url` (e.g. \"http://127.0.0.1:8000/v1\")")));
+                } else if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                    errors.push(err(
+                        at("base_url"),
+                        format!("`base_url` must start with http:// or https://, got `{base_url}`"),
+                    ));
+                }
+                if model.is_empty() {
+                    errors.push(err(Some(line), format!("model `{name}`: backend `openai` needs `model` (the name the server knows the model by)")));
+                }
+                if let Some(var) = &m.api_key_env {
+                    if var.is_empty() || var.contains(['=', '\0']) || var.starts_with("sk-") {
+                        errors.push(err(at("api_key_env"), "`api_key_env` names the environment variable that holds the key (e.g. \"OPENAI_API_KEY\"), never the key itself".into()));
+                    }
+                }
+                Some(BackendSpec::OpenAi(OpenAiSpec {
+                    base_url: base_url.trim_end_matches('/').to_string(),
+                    model,
+                    api_key_env: m.api_key_env.clone(),
+                    timeout: Duration::from_secs_f64(timeout_s.clamp(0.001, 1e7)),
+                    concurrency: concurrency.max(1),
+                }))
+            }
+            other => {
+                errors.push(err(at("backend"), format!(
+                    "backend `{}` is not available in this version of vlmtest (available: openai); \
+                     serve the model through an OpenAI-compatible server and use backend = \"openai\" meanwhile",
+                    other.name()
+                )));
+                None
+            }
+        };
+        if let Some(backend) = backend {
+            models.push(ModelSpec {
+                name: name.clone(),
+                line,
+                enabled: m.enabled.or(d.enabled).unwrap_or(true),
+                backend,
+                params: GenParams {
+                    max_new_tokens,
+                    temperature,
+                    seed: m.seed.or(d.seed),
+                    system_prompt: m.system_prompt.clone().or_else(|| d.system_prompt.clone()),
+                },
+                text_only: m.text_only.or(d.text_only).unwrap_or(true),
+                latency_scale,
+            });
+        }
+    }
+    errors.into_result(ModelsConfig {
+        file: path.to_path_buf(),
+        models,
+    })
+}

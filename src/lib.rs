@@ -1,0 +1,16 @@
+//! vlmtest: declarative regression tests for vision-language models, run by `cargo test`.
+//!
+//! Data flows one way: [`config`] → [`plan`] → [`run`] (through a [`backend`]) → [`verdict`]s →
+//! [`report`]. The [`harness`] maps the plan to libtest trials; [`cli`] is the `vlmtest` command.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod harness;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod score;
+pub mod snapshot;
+pub mod verdict;

@@ -1,0 +1,262 @@
+//! Verdicts: what a case or a gate came to. Produced by `run`, consumed by `report`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::SnapshotStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Passed,
+    Failed,
+    /// The model could not answer (request failed, model failed to load).
+    Error,
+    Ignored,
+}
+
+/// One turn of a case as it ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TurnResult {
+    pub question: String,
+    pub prompt: String,
+    pub images: Vec<String>,
+    pub answer: String,
+    /// What the turn expected, when it has an expectation.
+    pub expected: Option<String>,
+    pub score: Option<f64>,
+    pub latency_ms: f64,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub retries: u32,
+}
+
+/// The verdict on one case for one model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub name: String,
+    pub model: String,
+    pub suite: String,
+    pub case: String,
+    pub category: Option<String>,
+    /// The prompt sent at the last turn (the whole conversation is in `turns`).
+    pub prompt: String,
+    /// The answer at the last turn.
+    pub answer: String,
+    pub score: f64,
+    /// The score a case needs to pass.
+    pub pass_at: f64,
+    pub passed: bool,
+    pub status: Status,
+    /// Total generation time over the turns.
+    pub latency_ms: f64,
+    pub max_latency_ms: Option<f64>,
+    pub has_image: bool,
+    /// Official VQA accuracy, for cases with human answers.
+    pub vqa_accuracy: Option<f64>,
+    /// "Simple accuracy": the answer contains one of the human answers.
+    pub simple_correct: Option<bool>,
+    pub snapshot: SnapshotStatus,
+    /// Why the case failed, one line each (wrong answer, latency, snapshot, error).
+    pub reasons: Vec<String>,
+    pub ignored: Option<String>,
+    pub error: Option<String>,
+    pub turns: Vec<TurnResult>,
+}
+
+impl CaseResult {
+    pub fn ran(&self) -> bool {
+        self.status != Status::Ignored
+    }
+
+    /// The failure message libtest prints: question, expected, answer, score and why.
+    pub fn failure_message(&self) -> String {
+        let pass_at = self.pass_at;
+        let mut s = String::new();
+        let multi = self.turns.len() > 1;
+        for (i, t) in self.turns.iter().enumerate() {
+            if multi {
+                let _ = writeln!(s, "turn {}:", i + 1);
+            }
+            let ind = if multi { "  " } else { "" };
+            let _ = writeln!(s, "{ind}question: {}", t.question);
+            if !t.images.is_empty() {
+                let _ = writeln!(s, "{ind}images:   {}", t.images.join(", "));
+            }
+            if let Some(e) = &t.expected {
+                let _ = writeln!(s, "{ind}expected: {e}");
+            }
+            let _ = writeln!(s, "{ind}answer:   {:?}", t.answer);
+            if let Some(sc) = t.score {
+                let _ = writeln!(s, "{ind}score:    {sc:.3}");
+            }
+        }
+        if multi {
+            let _ = writeln!(s, "case score: {:.3} (mean over scored turns)", self.score);
+        }
+        let _ = writeln!(s, "passes at: {pass_at:.3}");
+        match self.max_latency_ms {
+            Some(max) => {
+                let _ = writeln!(
+                    s,
+                    "latency:  {:.0} ms (budget {max:.0} ms)",
+                    self.latency_ms
+                );
+            }
+            None => {
+                let _ = writeln!(s, "latency:  {:.0} ms", self.latency_ms);
+            }
+        }
+        for r in &self.reasons {
+            let _ = writeln!(s, "why:      {r}");
+        }
+        s.trim_end().to_string()
+    }
+}
+
+/// Accuracy figures over a set of cases (those that ran).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub cases: usize,
+    pub ignored: usize,
+    pub passed: usize,
+    pub errors: usize,
+    /// Mean case score.
+    pub accuracy: Option<f64>,
+    /// Fraction of cases passed.
+    pub pass_rate: Option<f64>,
+    pub vqa_accuracy: Option<f64>,
+    pub simple_accuracy: Option<f64>,
+    pub mean_latency_ms: Option<f64>,
+    /// Category → (mean score, cases).
+    pub per_category: BTreeMap<String, CategoryScore>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CategoryScore {
+    pub accuracy: f64,
+    pub cases: usize,
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+impl Summary {
+    pub fn of<'a>(results: impl IntoIterator<Item = &'a CaseResult>) -> Summary {
+        let all: Vec<&CaseResult> = results.into_iter().collect();
+        let ran: Vec<&CaseResult> = all.iter().copied().filter(|r| r.ran()).collect();
+        let mut cats: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        for r in &ran {
+            let c = r.category.clone().unwrap_or_else(|| "(none)".into());
+            let e = cats.entry(c).or_default();
+            e.0 += r.score;
+            e.1 += 1;
+        }
+        Summary {
+            cases: ran.len(),
+            ignored: all.len() - ran.len(),
+            passed: ran.iter().filter(|r| r.passed).count(),
+            errors: ran.iter().filter(|r| r.status == Status::Error).count(),
+            accuracy: mean(ran.iter().map(|r| r.score)),
+            pass_rate: mean(ran.iter().map(|r| if r.passed { 1.0 } else { 0.0 })),
+            vqa_accuracy: mean(ran.iter().filter_map(|r| r.vqa_accuracy)),
+            simple_accuracy: mean(
+                ran.iter()
+                    .filter_map(|r| r.simple_correct)
+                    .map(|b| if b { 1.0 } else { 0.0 }),
+            ),
+            mean_latency_ms: mean(
+                ran.iter()
+                    .filter(|r| r.status != Status::Error)
+                    .map(|r| r.latency_ms),
+            ),
+            per_category: cats
+                .into_iter()
+                .map(|(k, (sum, n))| {
+                    (
+                        k,
+                        CategoryScore {
+                            accuracy: sum / n as f64,
+                            cases: n,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The verdict on a model × suite gate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateResult {
+    pub passed: bool,
+    pub ignored: bool,
+    pub min_accuracy: Option<f64>,
+    pub min_pass_rate: Option<f64>,
+    /// Human-readable reasons the gate failed.
+    pub failures: Vec<String>,
+}
+
+/// A model × suite: its summary and gate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteResult {
+    pub model: String,
+    pub suite: String,
+    pub accuracy: Option<f64>,
+    pub pass_rate: Option<f64>,
+    pub summary: Summary,
+    pub gate: GateResult,
+    /// Cases that did not pass: (case id, first reason).
+    pub failed_cases: Vec<(String, String)>,
+}
+
+impl SuiteResult {
+    /// The gate's message: accuracy overall and per category, and which cases failed.
+    pub fn message(&self) -> String {
+        let s = &self.summary;
+        let mut m = String::new();
+        let verdict = if self.gate.passed { "passed" } else { "failed" };
+        let _ = writeln!(
+            m,
+            "gate {verdict} for model `{}` on suite `{}` ({} cases ran, {} ignored)",
+            self.model, self.suite, s.cases, s.ignored
+        );
+        let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+        let cmp = |v: Option<f64>, min: Option<f64>| match (v, min) {
+            (Some(v), Some(min)) if v < min => format!(" < minimum {min:.3}"),
+            (_, Some(min)) => format!(" >= minimum {min:.3}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            m,
+            "  accuracy  {}{}",
+            fmt(s.accuracy),
+            cmp(s.accuracy, self.gate.min_accuracy)
+        );
+        let _ = writeln!(
+            m,
+            "  pass rate {} ({}/{}){}",
+            fmt(s.pass_rate),
+            s.passed,
+            s.cases,
+            cmp(s.pass_rate, self.gate.min_pass_rate)
+        );
+        if !s.per_category.is_empty() {
+            let _ = writeln!(m, "  per category:");
+            for (c, v) in &s.per_category {
+                let _ = writeln!(m, "    {c:<20} {:.3} ({} cases)", v.accuracy, v.cases);
+            }
+        }
+        if !self.failed_cases.is_empty() {
+            let _ = writeln!(m, "  failed cases:");
+            for (c, why) in &self.failed_cases {
+                let _ = writeln!(m, "    {c}: {why}");
+            }
+        }
+        m.trim_end().to_string()
+    }
+}
