@@ -40,6 +40,13 @@ enum Command {
         #[arg(long, default_value_t = 0.5)]
         pass_at: f64,
     },
+    /// Run the suites without cargo: the same harness as `cargo test --test vlm`, taking the same
+    /// libtest flags (`vlmtest run -- --list`, `vlmtest run -- smolvlm --test-threads 4`).
+    Run {
+        /// libtest arguments: a filter, --exact, --list, --ignored, --test-threads N, --format terse...
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print the summary of the last run (from VLMTEST_OUT, default target/vlmtest).
     Report {
         /// The output directory of the run.
@@ -182,6 +189,16 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Score { rule, pass_at } => score(&rule, pass_at),
         Command::Report { out, format } => report(out, format),
+        Command::Run { args } => {
+            let argv = std::iter::once("vlmtest run".to_string()).chain(args);
+            match <libtest_mimic::Arguments as Parser>::try_parse_from(argv) {
+                Ok(a) => crate::harness::run_with_args(a),
+                Err(e) => {
+                    let _ = e.print();
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

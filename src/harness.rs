@@ -16,8 +16,12 @@ const CONFIG_ERROR: u8 = 2;
 /// Runs the harness with the process's arguments and environment. Call it from a
 /// `harness = false` test target: `fn main() -> ExitCode { vlmtest::harness::main() }`.
 pub fn main() -> ExitCode {
+    run_with_args(Arguments::from_args())
+}
+
+/// Runs the harness with explicit libtest arguments (used by `vlmtest run`).
+pub fn run_with_args(args: Arguments) -> ExitCode {
     init_logging();
-    let args = Arguments::from_args();
     let env = match Env::from_process() {
         Ok(env) => env,
         Err(e) => {

@@ -91,9 +91,11 @@ pub enum LoadError {
 /// Builds the backend for a model. This is where weights are read or servers started.
 fn load(spec: &ModelSpec) -> Result<Arc<dyn Backend>, LoadError> {
     match &spec.backend {
-        BackendSpec::OpenAi(o) => openai::OpenAi::new(o)
-            .map(|b| Arc::new(b) as Arc<dyn Backend>)
-            .map_err(LoadError::Failed),
+        BackendSpec::OpenAi(o) => {
+            let b = openai::OpenAi::new(o).map_err(LoadError::Failed)?;
+            b.probe().map_err(LoadError::Unavailable)?;
+            Ok(Arc::new(b))
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use super::{Backend, BackendError, Generation, Request};
 use crate::config::OpenAiSpec;
 
 pub struct OpenAi {
+    base_url: String,
     url: String,
     model: String,
     api_key: Option<String>,
@@ -41,6 +42,7 @@ impl OpenAi {
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
+            base_url: spec.base_url.clone(),
             url: format!("{}/chat/completions", spec.base_url),
             model: spec.model.clone(),
             api_key,
@@ -48,6 +50,28 @@ impl OpenAi {
             permits: Mutex::new(spec.concurrency),
             cv: Condvar::new(),
         })
+    }
+
+    /// Checks that something answers at `base_url` (`GET {base_url}/models`; any HTTP status will
+    /// do). A server that is not running makes the model unavailable rather than failing every
+    /// case with the same connection error.
+    pub fn probe(&self) -> Result<(), String> {
+        let url = format!("{}/models", self.base_url);
+        let mut call = self
+            .client
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5));
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        match call.send() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!(
+                "the server at {} is not reachable ({}): start it, or set VLMTEST_REQUIRE_MODELS=1 to make this a failure",
+                self.base_url,
+                root_cause(&e)
+            )),
+        }
     }
 
     /// The JSON body of a chat/completions request.
@@ -227,6 +251,15 @@ impl Backend for OpenAi {
         g.latency = latency;
         Ok(g)
     }
+}
+
+/// The innermost error: "Connection refused (os error 111)" rather than reqwest's layers.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(inner) = cur.source() {
+        cur = inner;
+    }
+    cur.to_string()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
