@@ -82,7 +82,7 @@ struct Inner {
 pub struct Recorder {
     out: PathBuf,
     started: SystemTime,
-    machine: Machine,
+    machine: std::sync::OnceLock<Machine>,
     inner: Mutex<Inner>,
 }
 
@@ -97,7 +97,7 @@ impl Recorder {
         Recorder {
             out: out.to_path_buf(),
             started: SystemTime::now(),
-            machine: Machine::default(),
+            machine: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 opened: false,
                 jsonl: None,
@@ -244,11 +244,7 @@ impl Recorder {
             started_at: rfc3339(self.started),
             finished_at: complete.then(|| rfc3339(SystemTime::now())),
             complete,
-            machine: if self.machine.cpu.is_empty() {
-                Machine::detect()
-            } else {
-                self.machine.clone()
-            },
+            machine: self.machine.get_or_init(Machine::detect).clone(),
             peak_memory_bytes: machine::process_peak_rss(),
             models,
             suites,
