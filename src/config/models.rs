@@ -217,16 +217,40 @@ impl RawModel {
     }
 }
 
-/// The line of `key = ...` inside the table at `span`, else the table's line.
-fn key_line(text: &str, span: &Range<usize>, key: &str) -> usize {
-    let start = span.start.min(text.len());
-    let end = span.end.min(text.len());
+/// The byte range of the `[models.NAME]` table in the text: from its header to the next header.
+fn table_range(text: &str, name: &str, fallback: &Range<usize>) -> Range<usize> {
+    let headers = [
+        format!("[models.{name}]"),
+        format!("[models.\"{name}\"]"),
+        format!("[models.'{name}']"),
+    ];
+    let mut offset = 0;
+    let mut start = None;
+    for l in text.split_inclusive('\n') {
+        let t = l.trim();
+        if let Some(s) = start {
+            if t.starts_with('[') {
+                return s..offset;
+            }
+        } else if headers.iter().any(|h| t.replace(' ', "") == *h) {
+            start = Some(offset);
+        }
+        offset += l.len();
+    }
+    match start {
+        Some(s) => s..text.len(),
+        None => fallback.clone(),
+    }
+}
+
+/// The line of `key = ...` inside `range`, else the line where `range` starts.
+fn key_line(text: &str, range: &Range<usize>, key: &str) -> usize {
+    let start = range.start.min(text.len());
+    let end = range.end.min(text.len()).max(start);
     let mut offset = start;
     for l in text[start..end].split_inclusive('\n') {
         let t = l.trim_start();
-        if t.strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-        {
+        if t.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
             return line_of_offset(text, offset);
         }
         offset += l.len();
@@ -257,7 +281,7 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
     let d = &raw.defaults;
     let mut models = Vec::new();
     for (name, spanned) in &raw.models {
-        let span = spanned.span();
+        let span = table_range(&text, name, &spanned.span());
         let m = spanned.get_ref();
         let line = line_of_offset(&text, span.start);
         let at = |key: &str| Some(key_line(&text, &span, key));

@@ -1,0 +1,264 @@
+//! Bad input stops the harness (even `--list`) with exit status 2 and one clear message naming
+//! the file, the line, and what was expected. Never a panic.
+
+mod common;
+
+use common::Project;
+
+const MODELS: &str = "[models.m]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\n";
+const SUITE: &str = "cases:\n  - { id: a, question: hi, expect: { contains: x } }\n";
+
+/// Writes `files` over a valid project, runs `--list`, and checks the messages.
+fn assert_error(files: &[(&str, &[u8])], needles: &[&str]) {
+    let p = Project::new();
+    p.write("models.toml", MODELS).suite("ok", SUITE);
+    for (path, content) in files {
+        let full = p.path(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    }
+    let r = p.run(&["--list"], &[]);
+    assert_eq!(r.code, Some(2), "exit status for {files:?}:\n{}", r.all());
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "nothing listed: {}", r.stdout);
+    for n in needles {
+        assert!(r.stderr.contains(n), "missing {n:?} in:\n{}", r.stderr);
+    }
+    assert!(r.stderr.contains("no test was run"), "{}", r.stderr);
+}
+
+fn suite(yaml: &str) -> [(&'static str, Vec<u8>); 1] {
+    [("suites/bad.yaml", yaml.as_bytes().to_vec())]
+}
+
+macro_rules! bad_suite {
+    ($name:ident, $yaml:expr, $($needle:expr),+) => {
+        #[test]
+        fn $name() {
+            let files = suite($yaml);
+            let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (*p, c.as_slice())).collect();
+            assert_error(&refs, &[$($needle),+]);
+        }
+    };
+}
+
+bad_suite!(
+    unknown_case_key,
+    "cases:\n  - id: a\n    imag: images/horse.png\n    question: q\n    expect: { contains: x }\n",
+    "suites/bad.yaml:3: cases[0]: unknown field `imag`, expected one of `id`, `image`, `images`"
+);
+bad_suite!(
+    unknown_rule,
+    "cases:\n  - id: a\n    question: q\n    expect: { containz: x }\n",
+    "suites/bad.yaml:4:",
+    "unknown field `containz`, expected one of `exact`, `any_of`, `contains`"
+);
+bad_suite!(
+    invalid_regex,
+    "cases:\n  - id: a\n    question: q\n    expect: { regex: '(unclosed' }\n",
+    "suites/bad.yaml:4: invalid regex `(unclosed`"
+);
+bad_suite!(
+    missing_image,
+    "cases:\n  - id: a\n    image: images/nope.png\n    question: q\n    expect: { contains: x }\n",
+    "suites/bad.yaml:3: image `images/nope.png` not found"
+);
+bad_suite!(
+    duplicate_id,
+    "cases:\n  - { id: a, question: q, expect: { contains: x } }\n  - { id: a, question: r, expect: { contains: x } }\n",
+    "suites/bad.yaml:3: duplicate case id `a`"
+);
+bad_suite!(
+    invalid_id,
+    "cases:\n  - { id: Not Valid, question: q, expect: { contains: x } }\n",
+    "suites/bad.yaml:2: invalid case id `Not Valid` (expected [a-z0-9_-]+)"
+);
+bad_suite!(
+    reserved_gate_id,
+    "cases:\n  - { id: gate, question: q, expect: { contains: x } }\n",
+    "suites/bad.yaml:2: case id `gate` is reserved"
+);
+bad_suite!(
+    wrong_type,
+    "defaults:\n  pass_at: high\ncases:\n  - { id: a, question: q, expect: { contains: x } }\n",
+    "suites/bad.yaml:2: defaults.pass_at: invalid type: string \"high\", expected f64"
+);
+bad_suite!(
+    out_of_range,
+    "cases:\n  - { id: a, question: q, expect: { contains: x }, pass_at: 1.5 }\n",
+    "suites/bad.yaml:2: `pass_at` must be between 0 and 1, got 1.5"
+);
+bad_suite!(
+    yaml_syntax,
+    "cases:\n  - id: a\n    question: [unclosed\n",
+    "suites/bad.yaml:"
+);
+bad_suite!(empty_file, "   \n", "suites/bad.yaml: file is empty (expected a YAML suite");
+bad_suite!(
+    two_rules,
+    "cases:\n  - { id: a, question: q, expect: { contains: x, exact: y } }\n",
+    "suites/bad.yaml:2: one rule per `expect`, found exact and contains"
+);
+bad_suite!(
+    tolerance_alone,
+    "cases:\n  - { id: a, question: q, expect: { tolerance: 2 } }\n",
+    "`tolerance` goes with `numeric`"
+);
+bad_suite!(
+    no_expectation,
+    "cases:\n  - { id: a, question: q }\n",
+    "suites/bad.yaml:2: case `a` has no expectation (expected `answers` or `expect`)"
+);
+bad_suite!(
+    no_question,
+    "cases:\n  - { id: a, expect: { contains: x } }\n",
+    "case `a` has no `question`"
+);
+bad_suite!(
+    turns_and_question,
+    "cases:\n  - id: a\n    question: q\n    turns:\n      - { question: r, expect: { contains: x } }\n",
+    "suites/bad.yaml:3: case `a` has `turns`, so `question` belongs inside a turn"
+);
+bad_suite!(
+    prompt_without_placeholder,
+    "defaults:\n  prompt: Answer briefly.\ncases:\n  - { id: a, question: q, expect: { contains: x } }\n",
+    "suites/bad.yaml:2: prompt template \"Answer briefly.\" has no `{question}` placeholder"
+);
+bad_suite!(
+    unnormalised_vqa_answers,
+    "cases:\n  - id: a\n    question: q\n    answers: [\"4\", four, \"4\"]\n",
+    "suites/bad.yaml:4: human answer \"four\" can never match",
+    "write \"4\""
+);
+bad_suite!(
+    choice_out_of_range,
+    "cases:\n  - { id: a, question: q, expect: { choice: D, options: [x, y] } }\n",
+    "`choice: D` but only 2 options are given"
+);
+bad_suite!(
+    gate_override_for_unknown_model,
+    "gate:\n  models: { nobody: { min_accuracy: 0.3 } }\ncases:\n  - { id: a, question: q, expect: { contains: x } }\n",
+    "suites/bad.yaml:2: gate override for unknown model `nobody` (models in models.toml: m)"
+);
+bad_suite!(
+    invalid_suite_name,
+    "name: Bad Name\ncases:\n  - { id: a, question: q, expect: { contains: x } }\n",
+    "suites/bad.yaml:1: invalid suite name `Bad Name`"
+);
+
+#[test]
+fn undecodable_image() {
+    assert_error(
+        &[
+            ("suites/images/broken.png", b"this is not a png"),
+            (
+                "suites/bad.yaml",
+                b"cases:\n  - { id: a, image: images/broken.png, question: q, expect: { contains: x } }\n",
+            ),
+        ],
+        &["suites/bad.yaml:2: image `images/broken.png` cannot be decoded"],
+    );
+}
+
+#[test]
+fn binary_suite_file() {
+    assert_error(
+        &[("suites/bad.yaml", &[0x89, b'P', b'N', b'G', 0, 0, 1, 2])],
+        &["suites/bad.yaml: binary file (expected a YAML suite"],
+    );
+}
+
+#[test]
+fn every_error_of_every_file_is_reported_at_once() {
+    assert_error(
+        &[
+            ("suites/one.yaml", b"cases:\n  - { id: a, question: q, expect: { regex: '[' } }\n"),
+            ("suites/two.yaml", b"cases:\n  - { id: gate, question: q, expect: { contains: x } }\n"),
+        ],
+        &["suites/one.yaml:2: invalid regex", "suites/two.yaml:2: case id `gate` is reserved", "2 configuration errors"],
+    );
+}
+
+#[test]
+fn duplicate_suite_names_across_files() {
+    assert_error(
+        &[("suites/sub/other.yaml", b"name: ok\ncases:\n  - { id: a, question: q, expect: { contains: x } }\n")],
+        &["duplicate suite name `ok`"],
+    );
+}
+
+macro_rules! bad_models {
+    ($name:ident, $toml:expr, $($needle:expr),+) => {
+        #[test]
+        fn $name() {
+            assert_error(&[("models.toml", $toml.as_bytes())], &[$($needle),+]);
+        }
+    };
+}
+
+bad_models!(
+    unknown_backend,
+    "[models.m]\nbackend = \"tensorflow\"\n",
+    "models.toml:2: unknown variant `tensorflow`, expected one of `candle`, `openai`, `llama-server`"
+);
+bad_models!(
+    toml_syntax,
+    "[models.m]\nbackend = \"openai\n",
+    "models.toml:2:"
+);
+bad_models!(
+    key_of_another_backend,
+    "[models.m]\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"x\"\nrepo = \"a/b\"\n",
+    "models.toml:5: key `repo` does not apply to backend `openai` (its keys: base_url, model, api_key_env, timeout_s, concurrency)"
+);
+bad_models!(
+    unknown_key,
+    "[models.m]\nbackend = \"openai\"\nbase_urll = \"http://x/v1\"\n",
+    "models.toml:",
+    "unknown field `base_urll`"
+);
+bad_models!(
+    missing_base_url,
+    "[models.m]\nbackend = \"openai\"\nmodel = \"x\"\n",
+    "models.toml:1: model `m`: backend `openai` needs `base_url`"
+);
+bad_models!(
+    bad_model_name,
+    "[models.\"Big Model\"]\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"x\"\n",
+    "invalid model name `Big Model` (expected [a-z0-9_.-]+)"
+);
+bad_models!(
+    out_of_range_temperature,
+    "[models.m]\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"x\"\ntemperature = -1.0\n",
+    "models.toml:5: `temperature` must be between 0 and 5, got -1"
+);
+bad_models!(
+    key_in_place_of_variable,
+    "[models.m]\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"x\"\napi_key_env = \"sk-live-abc\"\n",
+    "models.toml:5: `api_key_env` names the environment variable"
+);
+bad_models!(no_models, "[defaults]\nmax_new_tokens = 8\n", "models.toml: no models declared");
+bad_models!(empty_models, "", "models.toml: file is empty");
+bad_models!(
+    backend_not_built_yet,
+    "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"HuggingFaceTB/SmolVLM-256M-Instruct\"\n",
+    "models.toml:2: backend `candle` is not available in this version of vlmtest (available: openai)"
+);
+
+#[test]
+fn missing_suites_directory() {
+    let p = Project::new();
+    p.write("models.toml", MODELS);
+    let r = p.run(&["--list"], &[("VLMTEST_SUITES", "does/not/exist")]);
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("suites not found: does/not/exist"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_max_resident() {
+    let p = Project::new();
+    p.write("models.toml", MODELS).suite("ok", SUITE);
+    let r = p.run(&["--list"], &[("VLMTEST_MAX_RESIDENT", "zero")]);
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("VLMTEST_MAX_RESIDENT must be a whole number >= 1"), "{}", r.stderr);
+}
