@@ -5,7 +5,8 @@ mod common;
 
 use common::Project;
 
-const MODELS: &str = "[models.m]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\n";
+const MODELS: &str =
+    "[models.m]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\n";
 const SUITE: &str = "cases:\n  - { id: a, question: hi, expect: { contains: x } }\n";
 
 /// Writes `files` over a valid project, runs `--list`, and checks the messages.
@@ -93,7 +94,11 @@ bad_suite!(
     "cases:\n  - id: a\n    question: [unclosed\n",
     "suites/bad.yaml:"
 );
-bad_suite!(empty_file, "   \n", "suites/bad.yaml: file is empty (expected a YAML suite");
+bad_suite!(
+    empty_file,
+    "   \n",
+    "suites/bad.yaml: file is empty (expected a YAML suite"
+);
 bad_suite!(
     two_rules,
     "cases:\n  - { id: a, question: q, expect: { contains: x, exact: y } }\n",
@@ -172,17 +177,30 @@ fn binary_suite_file() {
 fn every_error_of_every_file_is_reported_at_once() {
     assert_error(
         &[
-            ("suites/one.yaml", b"cases:\n  - { id: a, question: q, expect: { regex: '[' } }\n"),
-            ("suites/two.yaml", b"cases:\n  - { id: gate, question: q, expect: { contains: x } }\n"),
+            (
+                "suites/one.yaml",
+                b"cases:\n  - { id: a, question: q, expect: { regex: '[' } }\n",
+            ),
+            (
+                "suites/two.yaml",
+                b"cases:\n  - { id: gate, question: q, expect: { contains: x } }\n",
+            ),
         ],
-        &["suites/one.yaml:2: invalid regex", "suites/two.yaml:2: case id `gate` is reserved", "2 configuration errors"],
+        &[
+            "suites/one.yaml:2: invalid regex",
+            "suites/two.yaml:2: case id `gate` is reserved",
+            "2 configuration errors",
+        ],
     );
 }
 
 #[test]
 fn duplicate_suite_names_across_files() {
     assert_error(
-        &[("suites/sub/other.yaml", b"name: ok\ncases:\n  - { id: a, question: q, expect: { contains: x } }\n")],
+        &[(
+            "suites/sub/other.yaml",
+            b"name: ok\ncases:\n  - { id: a, question: q, expect: { contains: x } }\n",
+        )],
         &["duplicate suite name `ok`"],
     );
 }
@@ -199,7 +217,7 @@ macro_rules! bad_models {
 bad_models!(
     unknown_backend,
     "[models.m]\nbackend = \"tensorflow\"\n",
-    "models.toml:2: unknown variant `tensorflow`, expected one of `candle`, `openai`, `llama-server`"
+    "models.toml:2: model `m`: unknown variant `tensorflow`, expected one of `candle`, `openai`, `llama-server`"
 );
 bad_models!(
     toml_syntax,
@@ -237,7 +255,11 @@ bad_models!(
     "[models.m]\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"x\"\napi_key_env = \"sk-live-abc\"\n",
     "models.toml:5: `api_key_env` names the environment variable"
 );
-bad_models!(no_models, "[defaults]\nmax_new_tokens = 8\n", "models.toml: no models declared");
+bad_models!(
+    no_models,
+    "[defaults]\nmax_new_tokens = 8\n",
+    "models.toml: no models declared"
+);
 bad_models!(empty_models, "", "models.toml: file is empty");
 bad_models!(
     backend_not_built_yet,
@@ -246,12 +268,44 @@ bad_models!(
 );
 
 #[test]
+fn dotted_model_names_need_no_quotes() {
+    let p = Project::new();
+    p.suite("ok", SUITE).write(
+        "models.toml",
+        "[models.phi-3.5-vision]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\n\n[models.\"llava-v1.6\"]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"y\"\ntemprature = 0.5\n",
+    );
+    let r = p.run(&["--list"], &[]);
+    assert_eq!(r.code, Some(2));
+    assert!(
+        r.stderr
+            .contains("models.toml:10: model `llava-v1.6`: unknown field `temprature`"),
+        "{}",
+        r.stderr
+    );
+    p.write(
+        "models.toml",
+        "[models.phi-3.5-vision]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\n",
+    );
+    let r = p.run(&["--list"], &[]);
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    assert!(
+        r.stdout.contains("phi-3.5-vision::ok::a: test"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
 fn missing_suites_directory() {
     let p = Project::new();
     p.write("models.toml", MODELS);
     let r = p.run(&["--list"], &[("VLMTEST_SUITES", "does/not/exist")]);
     assert_eq!(r.code, Some(2));
-    assert!(r.stderr.contains("suites not found: does/not/exist"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("suites not found: does/not/exist"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -260,5 +314,10 @@ fn bad_max_resident() {
     p.write("models.toml", MODELS).suite("ok", SUITE);
     let r = p.run(&["--list"], &[("VLMTEST_MAX_RESIDENT", "zero")]);
     assert_eq!(r.code, Some(2));
-    assert!(r.stderr.contains("VLMTEST_MAX_RESIDENT must be a whole number >= 1"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("VLMTEST_MAX_RESIDENT must be a whole number >= 1"),
+        "{}",
+        r.stderr
+    );
 }

@@ -1,6 +1,5 @@
 //! models.toml: raw serde types, then checked model specs.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -133,7 +132,7 @@ struct RawFile {
     #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
-    models: BTreeMap<String, toml::Spanned<RawModel>>,
+    models: toml::Table,
 }
 
 #[derive(Deserialize, Default)]
@@ -243,6 +242,30 @@ fn table_range(text: &str, name: &str, fallback: &Range<usize>) -> Range<usize> 
     }
 }
 
+/// The line inside `range` where `word` is a key, or else appears, if anywhere.
+fn find_line(text: &str, range: &Range<usize>, word: &str) -> Option<usize> {
+    let start = range.start.min(text.len());
+    let end = range.end.min(text.len()).max(start);
+    let lines = || {
+        text[start..end]
+            .split_inclusive('\n')
+            .scan(start, |off, l| {
+                let here = *off;
+                *off += l.len();
+                Some((here, l))
+            })
+    };
+    let is_key = |l: &str| {
+        l.trim_start()
+            .strip_prefix(word)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    lines()
+        .find(|(_, l)| is_key(l))
+        .or_else(|| lines().skip(1).find(|(_, l)| l.contains(word)))
+        .map(|(off, _)| line_of_offset(text, off))
+}
+
 /// The line of `key = ...` inside `range`, else the line where `range` starts.
 fn key_line(text: &str, range: &Range<usize>, key: &str) -> usize {
     let start = range.start.min(text.len());
@@ -250,7 +273,9 @@ fn key_line(text: &str, range: &Range<usize>, key: &str) -> usize {
     let mut offset = start;
     for l in text[start..end].split_inclusive('\n') {
         let t = l.trim_start();
-        if t.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
+        if t.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
             return line_of_offset(text, offset);
         }
         offset += l.len();
@@ -270,8 +295,73 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
             format!("{msg} (expected [defaults] and [models.NAME] tables)"),
         )
     })?;
+    // `[models.phi-3.5-vision]` is, to TOML, the table `phi-3` holding `5-vision`: a table
+    // without `backend` whose values are tables is a dotted name, flattened here.
+    let mut flat: Vec<(String, toml::Table)> = Vec::new();
+    let mut stack: Vec<(String, toml::Table)> = raw
+        .models
+        .into_iter()
+        .rev()
+        .map(|(k, v)| match v {
+            toml::Value::Table(t) => (k, t),
+            other => {
+                let mut t = toml::Table::new();
+                t.insert("__not_a_table".into(), other);
+                (k, t)
+            }
+        })
+        .collect();
+    while let Some((name, table)) = stack.pop() {
+        let nested = !table.contains_key("backend")
+            && !table.is_empty()
+            && table.values().all(|v| v.is_table());
+        if nested {
+            for (k, v) in table.into_iter().rev() {
+                if let toml::Value::Table(t) = v {
+                    stack.push((format!("{name}.{k}"), t));
+                }
+            }
+        } else {
+            flat.push((name, table));
+        }
+    }
+    flat.sort_by(|a, b| a.0.cmp(&b.0));
     let mut errors = ConfigErrors::default();
-    if raw.models.is_empty() {
+    let mut parsed: Vec<(String, RawModel, Range<usize>)> = Vec::new();
+    for (name, table) in flat {
+        let range = table_range(&text, &name, &(0..0));
+        let table_line = (range != (0..0)).then(|| line_of_offset(&text, range.start));
+        if table.contains_key("__not_a_table") {
+            errors.push(ConfigError::new(
+                path,
+                table_line,
+                format!("`models.{name}` must be a table ([models.{name}] with backend = ...)"),
+            ));
+            continue;
+        }
+        match toml::Value::Table(table).try_into::<RawModel>() {
+            Ok(m) => parsed.push((name, m, range)),
+            Err(e) => {
+                // Point at the offending key when the message names one.
+                let line = e
+                    .message()
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .find_map(|word| find_line(&text, &range, word))
+                    .or(table_line);
+                errors.push(ConfigError::new(
+                    path,
+                    line,
+                    format!(
+                        "model `{name}`: {} (expected a [models.NAME] table with `backend`)",
+                        e.message().trim()
+                    ),
+                ));
+            }
+        }
+    }
+    if parsed.is_empty() && errors.is_empty() {
         errors.push(ConfigError::new(
             path,
             None,
@@ -280,9 +370,8 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
     }
     let d = &raw.defaults;
     let mut models = Vec::new();
-    for (name, spanned) in &raw.models {
-        let span = table_range(&text, name, &spanned.span());
-        let m = spanned.get_ref();
+    for (name, m, span) in &parsed {
+        let span = span.clone();
         let line = line_of_offset(&text, span.start);
         let at = |key: &str| Some(key_line(&text, &span, key));
         let err = |l: Option<usize>, msg: String| ConfigError::new(path, l, msg);
