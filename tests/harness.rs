@@ -479,6 +479,18 @@ fn reports_are_written_with_the_contract_keys() {
     assert!(junit.contains(r#"<testcase name="legs" classname="m1::basic""#));
     assert!(junit.contains(r#"<skipped message="model `m2` cannot answer without an image"#));
 
+    let html = std::fs::read_to_string(p.path("target/vlmtest/report.html")).unwrap();
+    assert!(
+        html.contains("<img data-img=\"0\" alt=\"images/horse.png\">"),
+        "{html}"
+    );
+    assert_eq!(
+        html.matches("data:image/png;base64,").count(),
+        1,
+        "each image embedded once"
+    );
+    assert!(html.contains("How many legs does it have?"));
+
     // `vlmtest report` prints the summary of the last run.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vlmtest"))
         .args(["report", "--out"])
@@ -501,6 +513,37 @@ fn a_filtered_run_reports_what_ran() {
     assert_eq!(cases.len(), 1);
     assert_eq!(cases[0]["case"], "capital");
     assert_eq!(report["suites"][0]["accuracy"], 1.0);
+}
+
+#[test]
+fn processes_of_one_nextest_run_share_the_report() {
+    let server = basic_server();
+    let p = Project::new();
+    p.suite("basic", BASIC).models(&server, &[("m1", "")]);
+    // cargo-nextest runs each test in its own process, all with the same NEXTEST_RUN_ID.
+    let run = [("NEXTEST_RUN_ID", "run-1")];
+    for case in ["horse", "legs", "capital"] {
+        let name = format!("m1::basic::{case}");
+        let r = p.run(&["--exact", &name], &run);
+        assert!(
+            r.stdout.contains("1 filtered out") || r.stdout.contains("3 filtered out"),
+            "{}",
+            r.all()
+        );
+    }
+    let cases: Vec<String> = p.report()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cases, ["capital", "horse", "legs"]);
+    // A new run starts afresh.
+    p.run(
+        &["--exact", "m1::basic::horse"],
+        &[("NEXTEST_RUN_ID", "run-2")],
+    );
+    assert_eq!(p.report()["cases"].as_array().unwrap().len(), 1);
 }
 
 mod snapshots {

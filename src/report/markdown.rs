@@ -45,6 +45,42 @@ fn gate_cell(report: &Report, model: &str) -> String {
     }
 }
 
+/// The columns of the summary table (the seed scripts' comparison table).
+pub const SUMMARY_HEADER: [&str; 9] = [
+    "Model",
+    "Vision",
+    "Pure text",
+    "VQA acc",
+    "Simple acc",
+    "Avg inference (s)",
+    "Load (s)",
+    "Memory (GB)",
+    "Gate",
+];
+
+/// One row per model, in [`SUMMARY_HEADER`]'s order.
+pub fn summary_rows(report: &Report) -> Vec<[String; 9]> {
+    report
+        .models
+        .iter()
+        .map(|model| {
+            [
+                model.name.clone(),
+                capability(&model.vision),
+                capability(&model.text),
+                pct(model.summary.vqa_accuracy),
+                pct(model.summary.simple_accuracy),
+                avg_s(model).map_or("–".into(), |v| format!("{v:.2}")),
+                model.load_s.map_or("–".into(), |v| format!("{v:.2}")),
+                model
+                    .memory_bytes()
+                    .map_or("–".into(), |b| format!("{:.2}", b / GB)),
+                gate_cell(report, &model.name),
+            ]
+        })
+        .collect()
+}
+
 fn avg_s(m: &ModelReport) -> Option<f64> {
     m.summary.mean_latency_ms.map(|ms| ms / 1000.0)
 }
@@ -86,27 +122,10 @@ pub fn render(report: &Report) -> String {
     );
 
     let _ = writeln!(s, "## Summary\n");
-    let _ = writeln!(
-        s,
-        "| Model | Vision | Pure text | VQA acc | Simple acc | Avg inference (s) | Load (s) | Memory (GB) | Gate |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
-    for model in &report.models {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            model.name,
-            capability(&model.vision),
-            capability(&model.text),
-            pct(model.summary.vqa_accuracy),
-            pct(model.summary.simple_accuracy),
-            avg_s(model).map_or("–".into(), |v| format!("{v:.2}")),
-            model.load_s.map_or("–".into(), |v| format!("{v:.2}")),
-            model
-                .memory_bytes()
-                .map_or("–".into(), |b| format!("{:.2}", b / GB)),
-            gate_cell(report, &model.name),
-        );
+    let _ = writeln!(s, "| {} |", SUMMARY_HEADER.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(SUMMARY_HEADER.len()));
+    for row in summary_rows(report) {
+        let _ = writeln!(s, "| {} |", row.join(" | "));
     }
 
     if report.models.len() > 1 {

@@ -2,6 +2,7 @@
 //! (rewritten as the run goes, at most twice a second, and at the end), `report.md`,
 //! `junit.xml`.
 
+pub mod html;
 pub mod junit;
 pub mod machine;
 pub mod markdown;
@@ -72,6 +73,7 @@ pub struct Report {
 struct Inner {
     opened: bool,
     jsonl: Option<File>,
+    gates: Option<File>,
     cases: Vec<CaseResult>,
     suites: Vec<SuiteResult>,
     last_write: Option<Instant>,
@@ -82,6 +84,8 @@ struct Inner {
 pub struct Recorder {
     out: PathBuf,
     started: SystemTime,
+    /// Identifies the run across processes (cargo-nextest runs one process per test).
+    run_id: String,
     machine: std::sync::OnceLock<Machine>,
     inner: Mutex<Inner>,
 }
@@ -97,10 +101,17 @@ impl Recorder {
         Recorder {
             out: out.to_path_buf(),
             started: SystemTime::now(),
+            run_id: std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| {
+                let nanos = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                format!("{}-{nanos}", std::process::id())
+            }),
             machine: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 opened: false,
                 jsonl: None,
+                gates: None,
                 cases: Vec::new(),
                 suites: Vec::new(),
                 last_write: None,
@@ -114,15 +125,20 @@ impl Recorder {
     }
 
     /// Opens the output directory on first use (a `--list` run never gets here).
+    ///
+    /// Processes of one run share the files: under cargo-nextest (one process per test, the same
+    /// `NEXTEST_RUN_ID`) the first process of the run truncates cases.jsonl and gates.jsonl and
+    /// the others append, so every process's report covers the whole run so far.
     fn open(&self, inner: &mut Inner) {
         if inner.opened {
             return;
         }
         inner.opened = true;
-        let result = std::fs::create_dir_all(&self.out)
-            .and_then(|_| File::create(self.out.join("cases.jsonl")));
-        match result {
-            Ok(f) => inner.jsonl = Some(f),
+        match self.open_files() {
+            Ok((cases, gates)) => {
+                inner.jsonl = Some(cases);
+                inner.gates = Some(gates);
+            }
             Err(e) => {
                 inner.error = Some(format!(
                     "cannot write results under {} (VLMTEST_OUT): {e}",
@@ -132,13 +148,35 @@ impl Recorder {
         }
     }
 
+    fn open_files(&self) -> std::io::Result<(File, File)> {
+        std::fs::create_dir_all(&self.out)?;
+        let lock = File::create(self.out.join(".lock"))?;
+        lock.lock()?;
+        let marker = self.out.join("run-id");
+        let same_run = std::fs::read_to_string(&marker).is_ok_and(|id| id.trim() == self.run_id);
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.out.join(name))
+        };
+        if !same_run {
+            File::create(self.out.join("cases.jsonl"))?;
+            File::create(self.out.join("gates.jsonl"))?;
+            std::fs::write(&marker, &self.run_id)?;
+        }
+        let files = (open("cases.jsonl")?, open("gates.jsonl")?);
+        lock.unlock()?;
+        Ok(files)
+    }
+
     /// Appends a finished case to cases.jsonl at once.
     pub fn record_case(&self, r: &CaseResult) {
         let mut inner = self.lock();
         self.open(&mut inner);
+        let line = serde_json::to_string(r).unwrap_or_default();
         if let Some(f) = inner.jsonl.as_mut() {
-            let line = serde_json::to_string(r).unwrap_or_default();
-            if let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush()) {
+            if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
                 inner.error = Some(format!("cannot append to cases.jsonl: {e}"));
             }
         }
@@ -148,6 +186,12 @@ impl Recorder {
     pub fn record_suite(&self, s: &SuiteResult) {
         let mut inner = self.lock();
         self.open(&mut inner);
+        let line = serde_json::to_string(s).unwrap_or_default();
+        if let Some(f) = inner.gates.as_mut() {
+            if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
+                inner.error = Some(format!("cannot append to gates.jsonl: {e}"));
+            }
+        }
         inner
             .suites
             .retain(|x| !(x.model == s.model && x.suite == s.suite));
@@ -165,9 +209,20 @@ impl Recorder {
     /// Builds the report from what has been recorded so far.
     pub fn snapshot(&self, run: &Run, complete: bool) -> Report {
         let inner = self.lock();
-        let mut cases = inner.cases.clone();
+        let shared = std::env::var_os("NEXTEST_RUN_ID").is_some();
+        let (mut cases, mut suites) = if shared {
+            // Other processes of the run appended theirs; the last verdict per name wins.
+            let cases = read_jsonl::<CaseResult>(&self.out.join("cases.jsonl")).unwrap_or_default();
+            let suites =
+                read_jsonl::<SuiteResult>(&self.out.join("gates.jsonl")).unwrap_or_default();
+            (cases, suites)
+        } else {
+            (inner.cases.clone(), inner.suites.clone())
+        };
+        drop(inner);
+        dedup_last(&mut cases, |c| c.name.clone());
+        dedup_last(&mut suites, |s| (s.model.clone(), s.suite.clone()));
         cases.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut suites = inner.suites.clone();
         // Model × suites whose gate did not run (a filtered run) still get their figures.
         for g in &run.plan.gates {
             let model = &run.plan.model(g.model).name;
@@ -276,6 +331,10 @@ impl Recorder {
             write_atomic(&self.out.join("report.json"), &to_json(&report)),
             write_atomic(&self.out.join("report.md"), &markdown::render(&report)),
             write_atomic(&self.out.join("junit.xml"), &junit::render(&report)),
+            write_atomic(
+                &self.out.join("report.html"),
+                &html::render(&report, &image_files(run)),
+            ),
         ];
         let inner = self.lock();
         if let Some(e) = &inner.error {
@@ -292,12 +351,33 @@ impl Recorder {
     }
 }
 
+/// (suite, image as written) → the file and its MIME type, for the HTML report.
+fn image_files(run: &Run) -> std::collections::HashMap<(String, String), (PathBuf, &'static str)> {
+    let mut out = std::collections::HashMap::new();
+    for suite in &run.plan.config.suites {
+        for case in &suite.cases {
+            for turn in &case.turns {
+                for img in &turn.images {
+                    out.insert(
+                        (suite.name.clone(), img.shown.clone()),
+                        (img.path.clone(), img.mime),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 fn to_json(report: &Report) -> String {
     serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
+    // Unique per process and write: concurrent processes of one run never share a temp file.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -343,14 +423,27 @@ pub fn load(out: &Path) -> Result<Report, String> {
     }
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<CaseResult>, String> {
+/// Keeps the last item for each key, in the order of their last occurrence.
+fn dedup_last<T, K: Eq + std::hash::Hash>(items: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<T> = Vec::with_capacity(items.len());
+    for item in std::mem::take(items).into_iter().rev() {
+        if seen.insert(key(&item)) {
+            kept.push(item);
+        }
+    }
+    kept.reverse();
+    *items = kept;
+}
+
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<CaseResult>(line) {
+        match serde_json::from_str::<T>(line) {
             Ok(c) => out.push(c),
             // The last line of a crashed run may be cut short.
             Err(e) => tracing::warn!("{}:{}: skipped: {e}", path.display(), i + 1),
