@@ -1,0 +1,65 @@
+//! The `vlmtest` command: `score` re-scores answers produced by any other tool.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn score(args: &[&str], input: &str) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vlmtest"))
+        .arg("score")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out.status.code(), lines, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn vqa_scores_match_the_official_evaluation() {
+    let input = concat!(
+        r#"{"answers": ["2","2","2","2","2","2","2","2","2","2"], "prediction": "Two."}"#, "\n",
+        r#"{"answers": ["yes","yes","no","no","no","no","no","no","no","no"], "prediction": "yes"}"#, "\n",
+        r#"{"answers": ["red","red","red","blue","blue","blue","blue","blue","blue","blue"], "prediction": "red"}"#, "\n",
+        "\n",
+        r#"{"answers": ["cat","dog","dog","dog","dog","dog","dog","dog","dog","dog"], "prediction": "a cat"}"#, "\n",
+    );
+    let (code, out, _) = score(&["--rule", "vqa"], input);
+    assert_eq!(code, Some(0));
+    let scores: Vec<f64> = out.iter().map(|v| v["score"].as_f64().unwrap()).collect();
+    assert_eq!(scores.len(), 4, "blank lines are skipped");
+    // 10 matches → 1; 2 matches → 0.6; 3 matches → 0.9; 1 match → 0.3 (the official leave-one-out mean)
+    for (got, want) in scores.iter().zip([1.0, 0.6, 0.9, 0.3]) {
+        assert!((got - want).abs() < 1e-9, "{scores:?}");
+    }
+    let passed: Vec<bool> = out.iter().map(|v| v["passed"].as_bool().unwrap()).collect();
+    assert_eq!(passed, [true, true, true, false]);
+}
+
+#[test]
+fn a_full_rule_needs_only_predictions_and_bad_lines_are_reported() {
+    let input = "{\"id\": \"a\", \"prediction\": \"Yes, it is.\"}\nnot json\n{\"prediction\": \"No\"}\n";
+    let (code, out, err) = score(&["--rule", "{yes_no: yes}"], input);
+    assert_eq!(code, Some(1), "a bad line makes the exit status non-zero");
+    assert_eq!(out.len(), 3, "one output line per input line, errors included");
+    assert_eq!(out[0]["score"], 1.0);
+    assert_eq!(out[0]["id"], "a");
+    assert_eq!(out[1]["line"], 2);
+    assert!(out[1]["error"].as_str().unwrap().contains("not a JSON object"));
+    assert_eq!(out[2]["score"], 0.0);
+    assert!(err.contains("stdin:2"), "{err}");
+}
+
+#[test]
+fn an_invalid_rule_is_a_usage_error() {
+    let (code, out, err) = score(&["--rule", "{regex: '('}"], "{\"prediction\": \"x\"}\n");
+    assert_eq!(code, Some(2));
+    assert!(out.is_empty());
+    assert!(err.contains("invalid regex"), "{err}");
+}
