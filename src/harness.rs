@@ -98,11 +98,11 @@ pub fn run_plan(plan: Plan, env: Env, args: &Arguments) -> ExitCode {
         run.set_selected(&selected);
     }
     let conclusion = libtest_mimic::run(args, trials);
-    if !args.list {
-        if let Err(e) = run.finish() {
-            eprintln!("error: results could not be written: {e}");
-            return ExitCode::FAILURE;
-        }
+    if !args.list
+        && let Err(e) = run.finish()
+    {
+        eprintln!("error: results could not be written: {e}");
+        return ExitCode::FAILURE;
     }
     conclusion.exit_code()
 }

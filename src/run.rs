@@ -122,15 +122,15 @@ impl Run {
         let summary = Summary::of(results.iter().map(|r| r.as_ref()));
         let t = gate.thresholds;
         let mut failures = Vec::new();
-        if let (Some(min), Some(acc)) = (t.min_accuracy, summary.accuracy) {
-            if acc < min {
-                failures.push(format!("accuracy {acc:.3} < min_accuracy {min:.3}"));
-            }
+        if let (Some(min), Some(acc)) = (t.min_accuracy, summary.accuracy)
+            && acc < min
+        {
+            failures.push(format!("accuracy {acc:.3} < min_accuracy {min:.3}"));
         }
-        if let (Some(min), Some(rate)) = (t.min_pass_rate, summary.pass_rate) {
-            if rate < min {
-                failures.push(format!("pass rate {rate:.3} < min_pass_rate {min:.3}"));
-            }
+        if let (Some(min), Some(rate)) = (t.min_pass_rate, summary.pass_rate)
+            && rate < min
+        {
+            failures.push(format!("pass rate {rate:.3} < min_pass_rate {min:.3}"));
         }
         let ignored = summary.cases == 0;
         let failed_cases = results
@@ -305,13 +305,13 @@ impl Run {
                 result.score, case.pass_at
             ));
         }
-        if let Some(max) = budget {
-            if result.latency_ms > max {
-                result.reasons.push(format!(
-                    "latency {:.0} ms over the budget of {max:.0} ms",
-                    result.latency_ms
-                ));
-            }
+        if let Some(max) = budget
+            && result.latency_ms > max
+        {
+            result.reasons.push(format!(
+                "latency {:.0} ms over the budget of {max:.0} ms",
+                result.latency_ms
+            ));
         }
         if case.snapshot && params.deterministic() {
             let content = snapshot_content(&result.turns);

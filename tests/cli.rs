@@ -12,23 +12,36 @@ fn score(args: &[&str], input: &str) -> (Option<i32>, Vec<serde_json::Value>, St
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    (out.status.code(), lines, String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.code(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
 fn vqa_scores_match_the_official_evaluation() {
     let input = concat!(
-        r#"{"answers": ["2","2","2","2","2","2","2","2","2","2"], "prediction": "Two."}"#, "\n",
-        r#"{"answers": ["yes","yes","no","no","no","no","no","no","no","no"], "prediction": "yes"}"#, "\n",
-        r#"{"answers": ["red","red","red","blue","blue","blue","blue","blue","blue","blue"], "prediction": "red"}"#, "\n",
+        r#"{"answers": ["2","2","2","2","2","2","2","2","2","2"], "prediction": "Two."}"#,
         "\n",
-        r#"{"answers": ["cat","dog","dog","dog","dog","dog","dog","dog","dog","dog"], "prediction": "a cat"}"#, "\n",
+        r#"{"answers": ["yes","yes","no","no","no","no","no","no","no","no"], "prediction": "yes"}"#,
+        "\n",
+        r#"{"answers": ["red","red","red","blue","blue","blue","blue","blue","blue","blue"], "prediction": "red"}"#,
+        "\n",
+        "\n",
+        r#"{"answers": ["cat","dog","dog","dog","dog","dog","dog","dog","dog","dog"], "prediction": "a cat"}"#,
+        "\n",
     );
     let (code, out, _) = score(&["--rule", "vqa"], input);
     assert_eq!(code, Some(0));
@@ -44,14 +57,24 @@ fn vqa_scores_match_the_official_evaluation() {
 
 #[test]
 fn a_full_rule_needs_only_predictions_and_bad_lines_are_reported() {
-    let input = "{\"id\": \"a\", \"prediction\": \"Yes, it is.\"}\nnot json\n{\"prediction\": \"No\"}\n";
+    let input =
+        "{\"id\": \"a\", \"prediction\": \"Yes, it is.\"}\nnot json\n{\"prediction\": \"No\"}\n";
     let (code, out, err) = score(&["--rule", "{yes_no: yes}"], input);
     assert_eq!(code, Some(1), "a bad line makes the exit status non-zero");
-    assert_eq!(out.len(), 3, "one output line per input line, errors included");
+    assert_eq!(
+        out.len(),
+        3,
+        "one output line per input line, errors included"
+    );
     assert_eq!(out[0]["score"], 1.0);
     assert_eq!(out[0]["id"], "a");
     assert_eq!(out[1]["line"], 2);
-    assert!(out[1]["error"].as_str().unwrap().contains("not a JSON object"));
+    assert!(
+        out[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSON object")
+    );
     assert_eq!(out[2]["score"], 0.0);
     assert!(err.contains("stdin:2"), "{err}");
 }

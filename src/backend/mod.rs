@@ -244,11 +244,10 @@ impl ModelSlot {
         if let Some(r) = rss {
             stats.peak_memory_bytes = Some(stats.peak_memory_bytes.unwrap_or(0).max(r));
         }
-        if let SlotState::Loaded { backend, .. } = &*state {
-            if let Some(ext) = backend.external_memory_bytes() {
-                stats.external_memory_bytes =
-                    Some(stats.external_memory_bytes.unwrap_or(0).max(ext));
-            }
+        if let SlotState::Loaded { backend, .. } = &*state
+            && let Some(ext) = backend.external_memory_bytes()
+        {
+            stats.external_memory_bytes = Some(stats.external_memory_bytes.unwrap_or(0).max(ext));
         }
     }
 

@@ -444,10 +444,10 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                 if model.is_empty() {
                     errors.push(err(Some(line), format!("model `{name}`: backend `openai` needs `model` (the name the server knows the model by)")));
                 }
-                if let Some(var) = &m.api_key_env {
-                    if var.is_empty() || var.contains(['=', '\0']) || var.starts_with("sk-") {
-                        errors.push(err(at("api_key_env"), "`api_key_env` names the environment variable that holds the key (e.g. \"OPENAI_API_KEY\"), never the key itself".into()));
-                    }
+                if let Some(var) = &m.api_key_env
+                    && (var.is_empty() || var.contains(['=', '\0']) || var.starts_with("sk-"))
+                {
+                    errors.push(err(at("api_key_env"), "`api_key_env` names the environment variable that holds the key (e.g. \"OPENAI_API_KEY\"), never the key itself".into()));
                 }
                 Some(BackendSpec::OpenAi(OpenAiSpec {
                     base_url: base_url.trim_end_matches('/').to_string(),

@@ -680,7 +680,7 @@ pub fn load_suite(
                 (None, Some(raw_rule)) => match raw_rule.check() {
                     Ok(r) => Some(r),
                     Err(msg) => {
-                        errors.push(err(tl("expect"), format!("{msg}")));
+                        errors.push(err(tl("expect"), msg.to_string()));
                         None
                     }
                 },
@@ -736,14 +736,14 @@ fn check_unit(
     key: &str,
     v: Option<f64>,
 ) {
-    if let Some(v) = v {
-        if !(0.0..=1.0).contains(&v) {
-            errors.push(ConfigError::new(
-                file,
-                line,
-                format!("`{key}` must be between 0 and 1, got {v}"),
-            ));
-        }
+    if let Some(v) = v
+        && !(0.0..=1.0).contains(&v)
+    {
+        errors.push(ConfigError::new(
+            file,
+            line,
+            format!("`{key}` must be between 0 and 1, got {v}"),
+        ));
     }
 }
 

@@ -109,11 +109,11 @@ pub fn render(
     // Each image once, as a data URL, set on every <img> that shows it.
     let _ = writeln!(s, "<script>const IMG = {{");
     for ((suite, shown), id) in &ids {
-        if let Some((path, mime)) = images.get(&(suite.clone(), shown.clone())) {
-            if let Ok(bytes) = std::fs::read(path) {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-                let _ = writeln!(s, "\"{id}\": \"data:{mime};base64,{b64}\",");
-            }
+        if let Some((path, mime)) = images.get(&(suite.clone(), shown.clone()))
+            && let Ok(bytes) = std::fs::read(path)
+        {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            let _ = writeln!(s, "\"{id}\": \"data:{mime};base64,{b64}\",");
         }
     }
     let _ = writeln!(

@@ -175,10 +175,10 @@ impl Recorder {
         let mut inner = self.lock();
         self.open(&mut inner);
         let line = serde_json::to_string(r).unwrap_or_default();
-        if let Some(f) = inner.jsonl.as_mut() {
-            if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
-                inner.error = Some(format!("cannot append to cases.jsonl: {e}"));
-            }
+        if let Some(f) = inner.jsonl.as_mut()
+            && let Err(e) = f.write_all(format!("{line}\n").as_bytes())
+        {
+            inner.error = Some(format!("cannot append to cases.jsonl: {e}"));
         }
         inner.cases.push(r.clone());
     }
@@ -187,10 +187,10 @@ impl Recorder {
         let mut inner = self.lock();
         self.open(&mut inner);
         let line = serde_json::to_string(s).unwrap_or_default();
-        if let Some(f) = inner.gates.as_mut() {
-            if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
-                inner.error = Some(format!("cannot append to gates.jsonl: {e}"));
-            }
+        if let Some(f) = inner.gates.as_mut()
+            && let Err(e) = f.write_all(format!("{line}\n").as_bytes())
+        {
+            inner.error = Some(format!("cannot append to gates.jsonl: {e}"));
         }
         inner
             .suites
@@ -392,12 +392,11 @@ pub fn load(out: &Path) -> Result<Report, String> {
             let mut report: Report = serde_json::from_str(&text)
                 .map_err(|e| format!("{} is not a vlmtest report: {e}", json.display()))?;
             // A run that ended early: cases.jsonl may hold more than the last rewrite.
-            if !report.complete {
-                if let Ok(cases) = read_jsonl(&out.join("cases.jsonl")) {
-                    if cases.len() > report.cases.len() {
-                        report.cases = cases;
-                    }
-                }
+            if !report.complete
+                && let Ok(cases) = read_jsonl(&out.join("cases.jsonl"))
+                && cases.len() > report.cases.len()
+            {
+                report.cases = cases;
             }
             Ok(report)
         }

@@ -179,7 +179,7 @@ impl fmt::Display for Rule {
                         None => counts.push((a.clone(), 1)),
                     }
                 }
-                counts.sort_by(|a, b| b.1.cmp(&a.1));
+                counts.sort_by_key(|c| std::cmp::Reverse(c.1));
                 let parts: Vec<String> = counts
                     .iter()
                     .map(|(s, n)| {

@@ -125,12 +125,11 @@ pub fn first_number(text: &str) -> Option<f64> {
     let mut k = 0;
     while k < tokens.len() {
         let tok = &tokens[k];
-        if tok.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+') && tok.len() > 1
-            || tok.chars().all(|c| c.is_ascii_digit()) && !tok.is_empty()
+        if (tok.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+') && tok.len() > 1
+            || tok.chars().all(|c| c.is_ascii_digit()) && !tok.is_empty())
+            && let Some(v) = parse_digits(tok)
         {
-            if let Some(v) = parse_digits(tok) {
-                return Some(v);
-            }
+            return Some(v);
         }
         if is_number_word(tok) || (tok == "a" && tokens.get(k + 1).is_some_and(|n| n == "dozen")) {
             return Some(words_value(&tokens[k..]));
@@ -165,9 +164,7 @@ fn words_value(tokens: &[String]) -> f64 {
                 current = 0.0;
             }
             seen = true;
-        } else if (w == "-" || w == "and") && seen {
-            continue;
-        } else if w == "a" && i == 0 {
+        } else if ((w == "-" || w == "and") && seen) || (w == "a" && i == 0) {
             continue;
         } else {
             break;
