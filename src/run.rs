@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::backend::{LoadError, Message, ModelSlot, Request, Resident, Role, SlotUse};
+use crate::backend::{LoadError, Message, ModelSlot, Request, Role, Semaphore, SlotUse};
 use crate::config::Env;
 use crate::plan::{Plan, TrialKind};
 use crate::report::Recorder;
@@ -29,7 +29,7 @@ pub struct Run {
 
 impl Run {
     pub fn new(plan: Plan, env: Env) -> Run {
-        let resident = Resident::new(env.max_resident);
+        let resident = Arc::new(Semaphore::new(env.max_resident));
         let slots = (0..plan.models.len())
             .map(|i| ModelSlot::new(plan.model(i).clone(), resident.clone()))
             .collect();

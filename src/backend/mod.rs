@@ -120,21 +120,28 @@ pub struct LoadStats {
     pub load_error: Option<String>,
 }
 
-/// A counting semaphore limiting how many in-process models are loaded at once.
-pub struct Resident {
+/// A counting semaphore: how many in-process models are loaded at once, how many requests a
+/// model has in flight.
+pub struct Semaphore {
     free: Mutex<usize>,
     cv: Condvar,
 }
 
-impl Resident {
-    pub fn new(n: usize) -> Arc<Self> {
-        Arc::new(Self {
+impl Semaphore {
+    pub fn new(n: usize) -> Self {
+        Self {
             free: Mutex::new(n.max(1)),
             cv: Condvar::new(),
-        })
+        }
     }
 
-    fn acquire(&self) {
+    /// Waits for a permit; it is returned when the guard is dropped.
+    pub fn acquire(&self) -> Permit<'_> {
+        self.take();
+        Permit(self)
+    }
+
+    fn take(&self) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         while *free == 0 {
             free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
@@ -142,9 +149,18 @@ impl Resident {
         *free -= 1;
     }
 
-    fn release(&self) {
+    fn give(&self) {
         *self.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         self.cv.notify_one();
+    }
+}
+
+/// A permit of a [`Semaphore`], given back on drop.
+pub struct Permit<'a>(&'a Semaphore);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.give();
     }
 }
 
@@ -163,12 +179,12 @@ pub struct ModelSlot {
     pub spec: ModelSpec,
     state: Mutex<SlotState>,
     users_left: AtomicUsize,
-    resident: Arc<Resident>,
+    resident: Arc<Semaphore>,
     stats: Mutex<LoadStats>,
 }
 
 impl ModelSlot {
-    pub fn new(spec: ModelSpec, resident: Arc<Resident>) -> Self {
+    pub fn new(spec: ModelSpec, resident: Arc<Semaphore>) -> Self {
         Self {
             spec,
             state: Mutex::new(SlotState::Unloaded),
@@ -197,7 +213,7 @@ impl ModelSlot {
         }
         let holds_resident = in_process(&self.spec);
         if holds_resident {
-            self.resident.acquire();
+            self.resident.take();
         }
         let before = crate::report::machine::process_rss();
         let start = Instant::now();
@@ -225,7 +241,7 @@ impl ModelSlot {
             }
             Err(e) => {
                 if holds_resident {
-                    self.resident.release();
+                    self.resident.give();
                 }
                 stats.load_error = Some(match &e {
                     LoadError::Unavailable(m) | LoadError::Failed(m) => m.clone(),
@@ -272,7 +288,7 @@ impl ModelSlot {
             tracing::info!(model = %self.spec.name, "dropping model");
             *state = SlotState::Released;
             if holds {
-                self.resident.release();
+                self.resident.give();
             }
         }
     }

@@ -4,13 +4,12 @@
 //! Images travel as base64 `data:` URLs in `image_url` content parts, before the text part, in
 //! the user message they belong to; the whole conversation is sent at every turn.
 
-use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::{Backend, BackendError, Generation, Request};
+use super::{Backend, BackendError, Generation, Request, Semaphore};
 use crate::config::OpenAiSpec;
 
 pub struct OpenAi {
@@ -19,8 +18,7 @@ pub struct OpenAi {
     model: String,
     api_key: Option<String>,
     client: reqwest::blocking::Client,
-    permits: Mutex<usize>,
-    cv: Condvar,
+    permits: Semaphore,
 }
 
 impl OpenAi {
@@ -47,8 +45,7 @@ impl OpenAi {
             model: spec.model.clone(),
             api_key,
             client,
-            permits: Mutex::new(spec.concurrency),
-            cv: Condvar::new(),
+            permits: Semaphore::new(spec.concurrency),
         })
     }
 
@@ -77,19 +74,6 @@ impl OpenAi {
     /// The JSON body of a chat/completions request.
     pub fn body(&self, req: &Request) -> Result<Value, BackendError> {
         request_body(&self.model, req)
-    }
-
-    fn acquire(&self) {
-        let mut p = self.permits.lock().unwrap_or_else(|e| e.into_inner());
-        while *p == 0 {
-            p = self.cv.wait(p).unwrap_or_else(|e| e.into_inner());
-        }
-        *p -= 1;
-    }
-
-    fn release(&self) {
-        *self.permits.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.cv.notify_one();
     }
 }
 
@@ -203,14 +187,7 @@ pub fn parse_response(body: &str) -> Result<Generation, BackendError> {
 impl Backend for OpenAi {
     fn generate(&self, req: &Request) -> Result<Generation, BackendError> {
         let body = self.body(req)?;
-        self.acquire();
-        struct Permit<'a>(&'a OpenAi);
-        impl Drop for Permit<'_> {
-            fn drop(&mut self) {
-                self.0.release();
-            }
-        }
-        let _permit = Permit(self);
+        let _permit = self.permits.acquire();
         let start = Instant::now();
         let mut call = self.client.post(&self.url).json(&body);
         if let Some(key) = &self.api_key {

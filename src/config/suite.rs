@@ -450,24 +450,15 @@ pub fn load_suite(
 
     let d = &raw.defaults;
     let dl = |k: &str| line(&[Seg::Key("defaults"), Seg::Key(k)]);
-    check_unit(&mut errors, shown, dl("pass_at"), "pass_at", d.pass_at);
-    check_positive(
+    check_overrides(
         &mut errors,
         shown,
-        dl("max_new_tokens"),
-        "max_new_tokens",
-        d.max_new_tokens.map(u64::from),
-    );
-    check_positive(
-        &mut errors,
-        shown,
-        dl("max_latency_ms"),
-        "max_latency_ms",
+        &dl,
+        d.pass_at,
+        d.max_new_tokens,
         d.max_latency_ms,
+        d.prompt.as_deref(),
     );
-    if let Some(p) = &d.prompt {
-        check_prompt(&mut errors, shown, dl("prompt"), p);
-    }
 
     let gate = match raw.gate {
         None => Gate::default(),
@@ -541,24 +532,15 @@ pub fn load_suite(
                 format!("duplicate case id `{id}` (ids must be unique in a suite)"),
             ));
         }
-        check_unit(&mut errors, shown, at("pass_at"), "pass_at", rc.pass_at);
-        check_positive(
+        check_overrides(
             &mut errors,
             shown,
-            at("max_new_tokens"),
-            "max_new_tokens",
-            rc.max_new_tokens.map(u64::from),
-        );
-        check_positive(
-            &mut errors,
-            shown,
-            at("max_latency_ms"),
-            "max_latency_ms",
+            &at,
+            rc.pass_at,
+            rc.max_new_tokens,
             rc.max_latency_ms,
+            rc.prompt.as_deref(),
         );
-        if let Some(p) = &rc.prompt {
-            check_prompt(&mut errors, shown, at("prompt"), p);
-        }
         let template = rc
             .prompt
             .clone()
@@ -729,6 +711,41 @@ pub fn load_suite(
     })
 }
 
+/// Checks the fields a case and the suite's `defaults` share; `at` gives a key's line.
+fn check_overrides(
+    errors: &mut ConfigErrors,
+    file: &Path,
+    at: &dyn Fn(&str) -> Option<usize>,
+    pass_at: Option<f64>,
+    max_new_tokens: Option<u32>,
+    max_latency_ms: Option<u64>,
+    prompt: Option<&str>,
+) {
+    check_unit(errors, file, at("pass_at"), "pass_at", pass_at);
+    let positive = [
+        ("max_new_tokens", max_new_tokens.map(u64::from)),
+        ("max_latency_ms", max_latency_ms),
+    ];
+    for (key, v) in positive {
+        if v == Some(0) {
+            errors.push(ConfigError::new(
+                file,
+                at(key),
+                format!("`{key}` must be at least 1, got 0"),
+            ));
+        }
+    }
+    if let Some(p) = prompt
+        && !p.contains("{question}")
+    {
+        errors.push(ConfigError::new(
+            file,
+            at("prompt"),
+            format!("prompt template {p:?} has no `{{question}}` placeholder"),
+        ));
+    }
+}
+
 fn check_unit(
     errors: &mut ConfigErrors,
     file: &Path,
@@ -743,32 +760,6 @@ fn check_unit(
             file,
             line,
             format!("`{key}` must be between 0 and 1, got {v}"),
-        ));
-    }
-}
-
-fn check_positive(
-    errors: &mut ConfigErrors,
-    file: &Path,
-    line: Option<usize>,
-    key: &str,
-    v: Option<u64>,
-) {
-    if v == Some(0) {
-        errors.push(ConfigError::new(
-            file,
-            line,
-            format!("`{key}` must be at least 1, got 0"),
-        ));
-    }
-}
-
-fn check_prompt(errors: &mut ConfigErrors, file: &Path, line: Option<usize>, p: &str) {
-    if !p.contains("{question}") {
-        errors.push(ConfigError::new(
-            file,
-            line,
-            format!("prompt template {p:?} has no `{{question}}` placeholder"),
         ));
     }
 }

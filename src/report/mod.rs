@@ -174,24 +174,14 @@ impl Recorder {
     pub fn record_case(&self, r: &CaseResult) {
         let mut inner = self.lock();
         self.open(&mut inner);
-        let line = serde_json::to_string(r).unwrap_or_default();
-        if let Some(f) = inner.jsonl.as_mut()
-            && let Err(e) = f.write_all(format!("{line}\n").as_bytes())
-        {
-            inner.error = Some(format!("cannot append to cases.jsonl: {e}"));
-        }
+        append(&mut inner, |i| &mut i.jsonl, "cases.jsonl", r);
         inner.cases.push(r.clone());
     }
 
     pub fn record_suite(&self, s: &SuiteResult) {
         let mut inner = self.lock();
         self.open(&mut inner);
-        let line = serde_json::to_string(s).unwrap_or_default();
-        if let Some(f) = inner.gates.as_mut()
-            && let Err(e) = f.write_all(format!("{line}\n").as_bytes())
-        {
-            inner.error = Some(format!("cannot append to gates.jsonl: {e}"));
-        }
+        append(&mut inner, |i| &mut i.gates, "gates.jsonl", s);
         inner
             .suites
             .retain(|x| !(x.model == s.model && x.suite == s.suite));
@@ -419,6 +409,21 @@ pub fn load(out: &Path) -> Result<Report, String> {
                 cases,
             })
         }
+    }
+}
+
+/// Appends `value` as one JSON line to a results file, remembering the first failure.
+fn append<T: Serialize>(
+    inner: &mut Inner,
+    file: fn(&mut Inner) -> &mut Option<File>,
+    name: &str,
+    value: &T,
+) {
+    let line = format!("{}\n", serde_json::to_string(value).unwrap_or_default());
+    if let Some(f) = file(inner).as_mut()
+        && let Err(e) = f.write_all(line.as_bytes())
+    {
+        inner.error = Some(format!("cannot append to {name}: {e}"));
     }
 }
 
