@@ -31,7 +31,7 @@ impl Run {
     pub fn new(plan: Plan, env: Env) -> Run {
         let resident = Arc::new(Semaphore::new(env.max_resident));
         let slots = (0..plan.models.len())
-            .map(|i| ModelSlot::new(plan.model(i).clone(), resident.clone()))
+            .map(|i| ModelSlot::new(plan.model(i).clone(), resident.clone(), &env.out))
             .collect();
         let cells = (0..plan.cases.len()).map(|_| OnceLock::new()).collect();
         let snapshots = Snapshots {

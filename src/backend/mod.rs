@@ -4,8 +4,10 @@
 //! that need it, and dropped after its last trial of the run. Load time and memory growth are
 //! measured around the load.
 
+pub mod llama_server;
 pub mod openai;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -89,8 +91,11 @@ pub enum LoadError {
 }
 
 /// Builds the backend for a model. This is where weights are read or servers started.
-fn load(spec: &ModelSpec) -> Result<Arc<dyn Backend>, LoadError> {
+fn load(spec: &ModelSpec, out: &Path) -> Result<Arc<dyn Backend>, LoadError> {
     match &spec.backend {
+        BackendSpec::LlamaServer(l) => {
+            llama_server::LlamaServer::start(&spec.name, l, out).map(|b| Arc::new(b) as Arc<dyn Backend>)
+        }
         BackendSpec::OpenAi(o) => {
             let b = openai::OpenAi::new(o).map_err(LoadError::Failed)?;
             b.probe().map_err(LoadError::Unavailable)?;
@@ -103,7 +108,7 @@ fn load(spec: &ModelSpec) -> Result<Arc<dyn Backend>, LoadError> {
 /// `VLMTEST_MAX_RESIDENT`).
 fn in_process(spec: &ModelSpec) -> bool {
     match spec.backend {
-        BackendSpec::OpenAi(_) => false,
+        BackendSpec::OpenAi(_) | BackendSpec::LlamaServer(_) => false,
     }
 }
 
@@ -177,6 +182,8 @@ enum SlotState {
 /// One model of the run: loaded on first use, dropped after its last user.
 pub struct ModelSlot {
     pub spec: ModelSpec,
+    /// The run's output directory (managed servers write their logs under it).
+    out: PathBuf,
     state: Mutex<SlotState>,
     users_left: AtomicUsize,
     resident: Arc<Semaphore>,
@@ -184,9 +191,10 @@ pub struct ModelSlot {
 }
 
 impl ModelSlot {
-    pub fn new(spec: ModelSpec, resident: Arc<Semaphore>) -> Self {
+    pub fn new(spec: ModelSpec, resident: Arc<Semaphore>, out: &Path) -> Self {
         Self {
             spec,
+            out: out.to_path_buf(),
             state: Mutex::new(SlotState::Unloaded),
             users_left: AtomicUsize::new(0),
             resident,
@@ -218,7 +226,7 @@ impl ModelSlot {
         let before = crate::report::machine::process_rss();
         let start = Instant::now();
         tracing::info!(model = %self.spec.name, "loading model");
-        let result = load(&self.spec);
+        let result = load(&self.spec, &self.out);
         let load_s = start.elapsed().as_secs_f64();
         let after = crate::report::machine::process_rss();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());

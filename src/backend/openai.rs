@@ -4,7 +4,7 @@
 //! Images travel as base64 `data:` URLs in `image_url` content parts, before the text part, in
 //! the user message they belong to; the whole conversation is sent at every turn.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -13,6 +13,10 @@ use super::{Backend, BackendError, Generation, Request, Semaphore};
 use crate::config::OpenAiSpec;
 
 pub struct OpenAi {
+    /// Whether the server can still answer (a managed server whose process has exited cannot):
+    /// no retries once it is gone.
+    pub alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    timeout: Duration,
     base_url: String,
     url: String,
     model: String,
@@ -36,10 +40,13 @@ impl OpenAi {
         };
         let client = reqwest::blocking::Client::builder()
             .timeout(spec.timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(spec.timeout.min(std::time::Duration::from_secs(10)))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
+            alive: None,
+            timeout: spec.timeout,
             base_url: spec.base_url.clone(),
             url: format!("{}/chat/completions", spec.base_url),
             model: spec.model.clone(),
@@ -184,49 +191,119 @@ pub fn parse_response(body: &str) -> Result<Generation, BackendError> {
     })
 }
 
+/// How often, and how patiently, a failed request is tried again.
+const MAX_RETRIES: u32 = 4;
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(8);
+
+/// Exponential backoff with jitter: 250 ms, 500 ms, 1 s, 2 s… each scaled by 0.5–1.5.
+pub fn backoff(retry: u32) -> Duration {
+    let base = BACKOFF_BASE.saturating_mul(1 << retry.min(10)).min(BACKOFF_CAP);
+    // A cheap jitter source: the clock's nanoseconds, mixed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = nanos ^ 0x9E37_79B9_7F4A_7C15 ^ (u64::from(retry) << 32);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    let factor = 0.5 + (x % 1000) as f64 / 1000.0;
+    base.mul_f64(factor)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not honoured).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<f64>().ok().filter(|s| *s >= 0.0 && s.is_finite()).map(Duration::from_secs_f64)
+}
+
+/// One attempt's failure: its message, and whether trying again may help.
+struct Attempt {
+    message: String,
+    retryable: bool,
+    wait: Option<Duration>,
+}
+
+impl OpenAi {
+    fn attempt(&self, body: &Value, remaining: Duration) -> Result<Generation, Attempt> {
+        let mut call = self.client.post(&self.url).json(body).timeout(remaining);
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        // reqwest's errors name the URL, never the headers: the key stays out of messages.
+        let resp = call.send().map_err(|e| Attempt {
+            retryable: !e.is_timeout() && (e.is_connect() || e.is_request() || e.is_body()),
+            message: if e.is_timeout() {
+                format!("request to {} timed out after {:.1} s", self.url, remaining.as_secs_f64())
+            } else {
+                format!("request to {} failed: {}", self.url, root_cause(&e))
+            },
+            wait: None,
+        })?;
+        let status = resp.status();
+        let wait = retry_after(resp.headers());
+        let text = resp.text().map_err(|e| Attempt {
+            retryable: !e.is_timeout(),
+            message: format!("reading the reply from {} failed: {}", self.url, error_chain(&e)),
+            wait: None,
+        })?;
+        if !status.is_success() {
+            let code = status.as_u16();
+            return Err(Attempt {
+                retryable: matches!(code, 429 | 502 | 503 | 504),
+                message: format!("HTTP {status} from {}: {:?}", self.url, body_start(&text)),
+                wait,
+            });
+        }
+        parse_response(&text).map_err(|e| Attempt {
+            retryable: false,
+            message: e.0,
+            wait: None,
+        })
+    }
+}
+
 impl Backend for OpenAi {
+    /// Sends the request, retrying connection failures, 429 (after its `Retry-After`), 502,
+    /// 503 (a server still loading its model) and 504 with exponential backoff and jitter, all
+    /// within the model's `timeout_s`. Other failures are final at once.
     fn generate(&self, req: &Request) -> Result<Generation, BackendError> {
         let body = self.body(req)?;
         let _permit = self.permits.acquire();
         let start = Instant::now();
-        let mut call = self.client.post(&self.url).json(&body);
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key);
-        }
-        let resp = call.send().map_err(|e| {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "could not connect"
-            } else {
-                "failed"
+        let deadline = start + self.timeout;
+        let mut retries = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let failure = match self.attempt(&body, remaining.max(Duration::from_millis(1))) {
+                Ok(mut g) => {
+                    g.latency = start.elapsed();
+                    g.retries = retries;
+                    return Ok(g);
+                }
+                Err(f) => f,
             };
-            // reqwest's errors name the URL, never the headers: the key stays out.
-            BackendError(format!(
-                "request to {} {what}: {}",
-                self.url,
-                error_chain(&e)
-            ))
-        })?;
-        let status = resp.status();
-        let text = resp.text().map_err(|e| {
-            BackendError(format!(
-                "reading the reply from {} failed: {}",
-                self.url,
-                error_chain(&e)
-            ))
-        })?;
-        let latency = start.elapsed();
-        if !status.is_success() {
-            return Err(BackendError(format!(
-                "HTTP {status} from {}: {:?}",
-                self.url,
-                body_start(&text)
-            )));
+            let tried = if retries > 0 {
+                format!(" (after {retries} retries)")
+            } else {
+                String::new()
+            };
+            let alive = self.alive.as_ref().is_none_or(|f| f());
+            if !failure.retryable || retries >= MAX_RETRIES || !alive {
+                return Err(BackendError(format!("{}{tried}", failure.message)));
+            }
+            let wait = failure.wait.unwrap_or_else(|| backoff(retries));
+            if Instant::now() + wait >= deadline {
+                return Err(BackendError(format!(
+                    "{}{tried}; no time left to retry within timeout_s = {:.0}",
+                    failure.message,
+                    self.timeout.as_secs_f64()
+                )));
+            }
+            tracing::info!(url = %self.url, retry = retries + 1, "retrying: {}", failure.message);
+            std::thread::sleep(wait);
+            retries += 1;
         }
-        let mut g = parse_response(&text)?;
-        g.latency = latency;
-        Ok(g)
     }
 }
 

@@ -50,14 +50,41 @@ impl GenParams {
 #[derive(Debug, Clone)]
 pub enum BackendSpec {
     OpenAi(OpenAiSpec),
+    LlamaServer(LlamaServerSpec),
 }
 
 impl BackendSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             BackendSpec::OpenAi(_) => "openai",
+            BackendSpec::LlamaServer(_) => "llama-server",
         }
     }
+}
+
+/// Where a managed llama-server gets its GGUF weights.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufSource {
+    /// Local files (`model`, optional `mmproj`), resolved against models.toml's directory.
+    Files {
+        model: PathBuf,
+        mmproj: Option<PathBuf>,
+    },
+    /// A Hugging Face GGUF repo, passed as llama-server's `-hf`.
+    Hf(String),
+}
+
+/// A llama.cpp server that vlmtest starts, health-checks and stops.
+#[derive(Debug, Clone)]
+pub struct LlamaServerSpec {
+    pub source: GgufSource,
+    pub binary: String,
+    pub args: Vec<String>,
+    /// `None`: a free port chosen by vlmtest.
+    pub port: Option<u16>,
+    pub startup_timeout: Duration,
+    pub timeout: Duration,
+    pub concurrency: usize,
 }
 
 /// An OpenAI-compatible chat/completions server.
@@ -457,9 +484,57 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                     concurrency: concurrency.max(1),
                 }))
             }
+            BackendKind::LlamaServer => {
+                let base = path.parent().unwrap_or(Path::new("."));
+                let source = match (&m.hf, &m.model, &m.mmproj) {
+                    (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                        errors.push(err(at("hf"), "give either `hf` (a Hugging Face GGUF repo) or `model` + `mmproj` (local files), not both".into()));
+                        None
+                    }
+                    (Some(hf), None, None) if hf.trim().is_empty() || !hf.contains('/') => {
+                        errors.push(err(at("hf"), format!("`hf` must name a repo such as \"ggml-org/SmolVLM-500M-Instruct-GGUF\", got `{hf}`")));
+                        None
+                    }
+                    (Some(hf), None, None) => Some(GgufSource::Hf(hf.clone())),
+                    (None, Some(model), mmproj) => Some(GgufSource::Files {
+                        model: base.join(model),
+                        mmproj: mmproj.as_ref().map(|p| base.join(p)),
+                    }),
+                    (None, None, _) => {
+                        errors.push(err(Some(line), format!("model `{name}`: backend `llama-server` needs `hf` (a Hugging Face GGUF repo) or `model` (a local .gguf file, with `mmproj` for images)")));
+                        None
+                    }
+                };
+                let startup = m.startup_timeout_s.unwrap_or(600.0);
+                if !(startup > 0.0 && startup.is_finite() && startup < 1e7) {
+                    errors.push(err(at("startup_timeout_s"), format!("`startup_timeout_s` must be a number of seconds > 0, got {startup}")));
+                }
+                if m.port == Some(0) {
+                    errors.push(err(at("port"), "`port` must be between 1 and 65535 (leave it out to let vlmtest pick a free port)".into()));
+                }
+                let binary = m.binary.clone().unwrap_or_else(|| "llama-server".into());
+                if binary.trim().is_empty() {
+                    errors.push(err(at("binary"), "`binary` is empty (expected a program name on PATH or a path)".into()));
+                }
+                let reserved = ["--port", "--host"];
+                if let Some(a) = m.args.iter().flatten().find(|a| reserved.contains(&a.as_str())) {
+                    errors.push(err(at("args"), format!("`{a}` is set by vlmtest (127.0.0.1 and the model's `port`); remove it from `args`")));
+                }
+                source.map(|source| {
+                    BackendSpec::LlamaServer(LlamaServerSpec {
+                        source,
+                        binary,
+                        args: m.args.clone().unwrap_or_default(),
+                        port: m.port,
+                        startup_timeout: Duration::from_secs_f64(startup.clamp(0.001, 1e7)),
+                        timeout: Duration::from_secs_f64(timeout_s.clamp(0.001, 1e7)),
+                        concurrency: concurrency.max(1),
+                    })
+                })
+            }
             other => {
                 errors.push(err(at("backend"), format!(
-                    "backend `{}` is not available in this version of vlmtest (available: openai); \
+                    "backend `{}` is not available in this version of vlmtest (available: openai, llama-server); \
                      serve the model through an OpenAI-compatible server and use backend = \"openai\" meanwhile",
                     other.name()
                 )));

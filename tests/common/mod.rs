@@ -19,6 +19,9 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+    /// Close the connection without answering.
+    pub hang_up: bool,
 }
 
 impl Reply {
@@ -34,6 +37,8 @@ impl Reply {
             })
             .to_string(),
             delay: Duration::ZERO,
+            headers: Vec::new(),
+            hang_up: false,
         }
     }
 
@@ -42,7 +47,22 @@ impl Reply {
             status,
             body: body.to_string(),
             delay: Duration::ZERO,
+            headers: Vec::new(),
+            hang_up: false,
         }
+    }
+
+    /// Closes the connection without a reply.
+    pub fn hang_up() -> Reply {
+        Reply {
+            hang_up: true,
+            ..Reply::raw(0, "")
+        }
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.to_string(), v.to_string()));
+        self
     }
 
     pub fn after(mut self, ms: u64) -> Reply {
@@ -232,13 +252,21 @@ fn serve(
             in_flight.fetch_sub(1, Ordering::SeqCst);
             r
         };
+        if reply.hang_up {
+            return;
+        }
+        let extra: String = reply
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let ctype = if reply.body.trim_start().starts_with('<') {
             "text/html"
         } else {
             "application/json"
         };
         let resp = format!(
-            "HTTP/1.1 {} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n\r\n{}",
+            "HTTP/1.1 {} X\r\ncontent-type: {ctype}\r\n{extra}content-length: {}\r\n\r\n{}",
             reply.status,
             reply.body.len(),
             reply.body

@@ -1,0 +1,148 @@
+//! A stand-in for llama.cpp's `llama-server`, for vlmtest's own tests (llama.cpp cannot be
+//! installed on the machines that build this project). It takes llama-server's flags, answers
+//! `GET /health` with 503 while "loading" and 200 after, and serves `POST /v1/chat/completions`.
+//!
+//! Behaviour is scripted through the environment:
+//! - `FAKE_STATE_DIR`: writes `argv-<pid>.json` (its command line) and `pid-<pid>` there.
+//! - `FAKE_LOAD_MS` (default 300): how long `/health` says 503 "Loading model".
+//! - `FAKE_ANSWER` (default "Paris"): the answer to every question.
+//! - `FAKE_DELAY_MS`: sleep before each answer.
+//! - `FAKE_CRASH_AFTER=N`: exit(3) upon the N+1-th chat request; with `FAKE_CRASH_ONCE=1` only
+//!   the first process of a state dir crashes (a marker file remembers it).
+//! - `FAKE_EXIT_AT_START=1`: print an error and exit(1) at once, like a bad model file.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn env_u64(k: &str, default: u64) -> u64 {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let state = std::env::var("FAKE_STATE_DIR").ok();
+    let pid = std::process::id();
+    if let Some(dir) = &state {
+        let _ = std::fs::write(
+            format!("{dir}/argv-{pid}.json"),
+            serde_json::to_string(&argv).unwrap_or_default(),
+        );
+        let _ = std::fs::write(format!("{dir}/pid-{pid}"), pid.to_string());
+    }
+    eprintln!("fake llama-server {pid}: {}", argv.join(" "));
+    if std::env::var("FAKE_EXIT_AT_START").is_ok() {
+        eprintln!("error: failed to load model 'broken.gguf'");
+        std::process::exit(1);
+    }
+    let crash_after = std::env::var("FAKE_CRASH_AFTER").ok().and_then(|v| v.parse::<usize>().ok());
+    let crash_once = std::env::var("FAKE_CRASH_ONCE").is_ok();
+    let crash_after = match (&state, crash_once) {
+        (Some(dir), true) => {
+            let marker = format!("{dir}/crashed");
+            if std::path::Path::new(&marker).exists() {
+                None
+            } else {
+                crash_after
+            }
+        }
+        _ => crash_after,
+    };
+    let host = flag("--host").unwrap_or_else(|| "127.0.0.1".into());
+    let port = flag("--port").unwrap_or_else(|| "8080".into());
+    let listener = match TcpListener::bind(format!("{host}:{port}")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: couldn't bind HTTP server socket, hostname: {host}, port: {port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!("main: server is listening on http://{host}:{port} - starting the main loop");
+    let started = Instant::now();
+    let load = Duration::from_millis(env_u64("FAKE_LOAD_MS", 300));
+    let answer = std::env::var("FAKE_ANSWER").unwrap_or_else(|_| "Paris".into());
+    let delay = Duration::from_millis(env_u64("FAKE_DELAY_MS", 0));
+    static CHATS: AtomicUsize = AtomicUsize::new(0);
+    for stream in listener.incoming().flatten() {
+        let answer = answer.clone();
+        let state = state.clone();
+        std::thread::spawn(move || {
+            handle(stream, |method, path| {
+                if path == "/health" {
+                    return if started.elapsed() < load {
+                        (503, r#"{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}"#.to_string())
+                    } else {
+                        (200, r#"{"status":"ok"}"#.to_string())
+                    };
+                }
+                if method == "POST" && path.ends_with("/chat/completions") {
+                    let n = CHATS.fetch_add(1, Ordering::SeqCst);
+                    if crash_after.is_some_and(|c| n >= c) {
+                        if let Some(dir) = &state {
+                            let _ = std::fs::write(format!("{dir}/crashed"), "1");
+                        }
+                        eprintln!("GGML_ASSERT failed: simulated crash");
+                        std::process::exit(3);
+                    }
+                    std::thread::sleep(delay);
+                    let body = serde_json::json!({
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 1}
+                    });
+                    return (200, body.to_string());
+                }
+                (404, r#"{"error":{"code":404,"message":"File Not Found"}}"#.to_string())
+            })
+        });
+    }
+}
+
+fn handle(stream: TcpStream, route: impl Fn(&str, &str) -> (u16, String)) {
+    let Ok(clone) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(clone);
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let (status, text) = route(&method, &path);
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        if stream.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! `backend = "llama-server"`: vlmtest starts llama.cpp's server for a GGUF model, waits for
+//! `/health`, talks to it through the OpenAI-compatible backend, restarts it once if it dies, and
+//! stops it when the model's last trial ends, when the run ends, on a panic, and on Ctrl-C or
+//! SIGTERM. The server runs in a process group of its own (and, on Linux, dies with vlmtest
+//! even if vlmtest is killed), so stopping it never leaves a child behind.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use super::openai::OpenAi;
+use super::{Backend, BackendError, Generation, LoadError, Request};
+use crate::config::{GgufSource, LlamaServerSpec, OpenAiSpec};
+
+/// Process groups of the servers this process started, for the signal handler.
+static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+static HANDLER: Once = Once::new();
+
+/// On Ctrl-C or SIGTERM: stop every server, then exit as interrupted.
+fn install_signal_handler() {
+    HANDLER.call_once(|| {
+        let result = ctrlc::set_handler(|| {
+            let groups: Vec<i32> = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+            for g in &groups {
+                signal_group(*g, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && groups.iter().any(|g| group_alive(*g)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            for g in &groups {
+                signal_group(*g, libc::SIGKILL);
+            }
+            eprintln!("vlmtest: interrupted; stopped {} llama-server process(es)", groups.len());
+            std::process::exit(130);
+        });
+        if let Err(e) = result {
+            tracing::warn!("cannot install the Ctrl-C handler: {e}");
+        }
+    });
+}
+
+fn signal_group(pgid: i32, sig: i32) {
+    if pgid > 0 {
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+}
+
+fn group_alive(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the group exists.
+    pgid > 0 && unsafe { libc::kill(-pgid, 0) } == 0
+}
+
+/// Spawns `cmd` from one long-lived thread. On Linux the child is told to die with its parent
+/// *thread* (PR_SET_PDEATHSIG), so it must not be a test thread that ends before the run does.
+fn spawn(cmd: Command) -> std::io::Result<Child> {
+    type Job = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+    let (reply, answer) = std::sync::mpsc::channel();
+    {
+        let mut guard = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = guard.get_or_insert_with(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("vlmtest-spawner".into())
+                .spawn(move || {
+                    for (mut cmd, reply) in rx {
+                        let _ = reply.send(cmd.spawn());
+                    }
+                })
+                .ok();
+            tx
+        });
+        tx.send((cmd, reply))
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    }
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let mut text = String::new();
+    let mut bytes = Vec::new();
+    if f.read_to_end(&mut bytes).is_ok() {
+        text = String::from_utf8_lossy(&bytes).to_string();
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+struct Running {
+    child: Child,
+    port: u16,
+    client: Arc<OpenAi>,
+}
+
+/// A managed llama-server.
+pub struct LlamaServer {
+    name: String,
+    spec: LlamaServerSpec,
+    log: PathBuf,
+    running: Mutex<Option<Running>>,
+    restarts: Mutex<u32>,
+}
+
+impl LlamaServer {
+    /// Starts the server and waits until it is ready.
+    pub fn start(name: &str, spec: &LlamaServerSpec, out: &Path) -> Result<Self, LoadError> {
+        if let GgufSource::Files { model, mmproj } = &spec.source {
+            for (key, p) in std::iter::once(("model", model)).chain(mmproj.iter().map(|m| ("mmproj", m))) {
+                if !p.is_file() {
+                    return Err(LoadError::Failed(format!(
+                        "`{key}` file {} not found",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        let logs = out.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| {
+            LoadError::Failed(format!("cannot create {}: {e}", logs.display()))
+        })?;
+        let server = LlamaServer {
+            name: name.to_string(),
+            spec: spec.clone(),
+            log: logs.join(format!("{name}.log")),
+            running: Mutex::new(None),
+            restarts: Mutex::new(0),
+        };
+        install_signal_handler();
+        let running = server.launch()?;
+        *server.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(running);
+        Ok(server)
+    }
+
+    fn port(&self) -> Result<u16, LoadError> {
+        match self.spec.port {
+            Some(p) => match TcpListener::bind(("127.0.0.1", p)) {
+                Ok(_) => Ok(p),
+                Err(e) => Err(LoadError::Failed(format!(
+                    "port {p} is already in use ({e}); choose another `port` in models.toml, or remove it to let vlmtest pick a free one"
+                ))),
+            },
+            None => TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| LoadError::Failed(format!("cannot find a free port: {e}"))),
+        }
+    }
+
+    /// The command line, for messages.
+    fn command_line(&self, port: u16) -> Vec<String> {
+        let mut argv = vec![
+            self.spec.binary.clone(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        match &self.spec.source {
+            GgufSource::Files { model, mmproj } => {
+                argv.extend(["-m".into(), model.display().to_string()]);
+                if let Some(m) = mmproj {
+                    argv.extend(["--mmproj".into(), m.display().to_string()]);
+                }
+            }
+            GgufSource::Hf(repo) => argv.extend(["-hf".into(), repo.clone()]),
+        }
+        argv.extend(self.spec.args.iter().cloned());
+        argv
+    }
+
+    /// Spawns the server and waits for `/health` to say it is ready.
+    fn launch(&self) -> Result<Running, LoadError> {
+        let port = self.port()?;
+        let argv = self.command_line(port);
+        let shown = argv.join(" ");
+        let log = File::create(&self.log).map_err(|e| {
+            LoadError::Failed(format!("cannot create {}: {e}", self.log.display()))
+        })?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| LoadError::Failed(format!("cannot open {}: {e}", self.log.display())))?;
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+            #[cfg(target_os = "linux")]
+            // SAFETY: prctl is async-signal-safe; it only asks the kernel to send SIGTERM to the
+            // child if this process dies, so a killed vlmtest leaves no server behind.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = match spawn(cmd) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LoadError::Unavailable(format!(
+                    "llama-server binary `{}` not found (install llama.cpp, see the README, or set `binary` in models.toml)",
+                    self.spec.binary
+                )));
+            }
+            Err(e) => return Err(LoadError::Failed(format!("cannot start `{shown}`: {e}"))),
+        };
+        let pgid = child.id() as i32;
+        if let Ok(mut g) = GROUPS.lock() {
+            g.push(pgid);
+        }
+        tracing::info!(model = %self.name, port, "started llama-server: {shown}");
+        match self.wait_ready(&mut child, port) {
+            Ok(()) => {}
+            Err(why) => {
+                stop_child(&mut child);
+                return Err(LoadError::Failed(format!(
+                    "llama-server for `{}` {why}\ncommand: {shown}\nlast lines of {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    log_tail(&self.log, 20)
+                )));
+            }
+        }
+        let mut client = OpenAi::new(&OpenAiSpec {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            model: self.name.clone(),
+            api_key_env: None,
+            timeout: self.spec.timeout,
+            concurrency: self.spec.concurrency,
+        })
+        .map_err(LoadError::Failed)?;
+        let pid = child.id() as i32;
+        client.alive = Some(Box::new(move || {
+            // SAFETY: signal 0 checks that the process exists.
+            unsafe { libc::kill(pid, 0) == 0 }
+        }));
+        Ok(Running {
+            child,
+            port,
+            client: Arc::new(client),
+        })
+    }
+
+    fn wait_ready(&self, child: &mut Child, port: u16) -> Result<(), String> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let url = format!("http://127.0.0.1:{port}/health");
+        let deadline = Instant::now() + self.spec.startup_timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited during start-up ({status})"));
+            }
+            // 503 while the model loads, 200 once it is ready.
+            if let Ok(r) = http.get(&url).send()
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "was not ready after {:.0} s (startup_timeout_s)",
+                    self.spec.startup_timeout.as_secs_f64()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn client(&self) -> Result<Arc<OpenAi>, BackendError> {
+        let guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .map(|r| r.client.clone())
+            .ok_or_else(|| BackendError(format!("llama-server for `{}` is not running", self.name)))
+    }
+
+    /// Whether the server process has exited (crashed).
+    fn exited(&self) -> Option<String> {
+        let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let r = guard.as_mut()?;
+        match r.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    /// After a crash: starts the server again, once per run.
+    fn restart(&self, status: &str) -> Result<(), BackendError> {
+        let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        // Another trial may have restarted it already.
+        if let Some(r) = guard.as_mut()
+            && matches!(r.child.try_wait(), Ok(None))
+        {
+            return Ok(());
+        }
+        if *restarts >= 1 {
+            return Err(BackendError(format!(
+                "llama-server for `{}` died again ({status}) after a restart; last lines of {}:\n{}",
+                self.name,
+                self.log.display(),
+                log_tail(&self.log, 20)
+            )));
+        }
+        *restarts += 1;
+        tracing::warn!(model = %self.name, "llama-server exited ({status}); restarting it");
+        if let Some(mut old) = guard.take() {
+            stop_child(&mut old.child);
+        }
+        let running = self
+            .launch()
+            .map_err(|e| match e {
+                LoadError::Failed(m) | LoadError::Unavailable(m) => BackendError(m),
+            })?;
+        *guard = Some(running);
+        Ok(())
+    }
+
+    /// The port the server listens on now.
+    pub fn current_port(&self) -> Option<u16> {
+        self.running
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|r| r.port)
+    }
+}
+
+/// SIGTERM to the server's group, then SIGKILL if it has not gone within 5 s.
+fn stop_child(child: &mut Child) {
+    let pgid = child.id() as i32;
+    signal_group(pgid, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    signal_group(pgid, libc::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Ok(mut g) = GROUPS.lock() {
+        g.retain(|x| *x != pgid);
+    }
+}
+
+impl Backend for LlamaServer {
+    fn generate(&self, req: &Request) -> Result<Generation, BackendError> {
+        let first = self.client()?.generate(req);
+        match first {
+            Ok(g) => Ok(g),
+            Err(e) => match self.exited() {
+                // The server crashed: start it again once, and ask again.
+                Some(status) => {
+                    self.restart(&status)?;
+                    let mut g = self.client()?.generate(req).map_err(|e2| {
+                        BackendError(format!(
+                            "{e2} (after restarting llama-server, which had exited: {status}); last lines of {}:\n{}",
+                            self.log.display(),
+                            log_tail(&self.log, 20)
+                        ))
+                    })?;
+                    g.retries += 1;
+                    Ok(g)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    fn external_memory_bytes(&self) -> Option<u64> {
+        let guard = self.running.lock().ok()?;
+        let pid = guard.as_ref()?.child.id();
+        crate::report::machine::pid_memory(sysinfo::Pid::from_u32(pid))
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut r) = guard.take() {
+            tracing::info!(model = %self.name, "stopping llama-server");
+            stop_child(&mut r.child);
+        }
+    }
+}

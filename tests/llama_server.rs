@@ -1,0 +1,289 @@
+//! The managed llama-server backend, against a real stand-in process
+//! (`examples/fake_llama_server.rs`) that takes llama-server's flags and behaves like it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Project, Server};
+
+const SUITE: &str = "cases:\n  - { id: a, question: capital?, expect: { contains: Paris }, snapshot: false }\n  - { id: b, question: capital again?, expect: { contains: Paris }, snapshot: false }\n  - { id: c, question: and again?, expect: { contains: Paris }, snapshot: false }\n";
+
+/// The stand-in binary, built on demand (`cargo test` builds examples; a lone
+/// `cargo test --test llama_server` may not have).
+fn fake_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("fake_llama_server");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "fake_llama_server"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks the process exists. Zombies are reaped by our harness.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// The pids the stand-in wrote into its state dir.
+fn pids(state: &Path) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir(state)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("pid-")?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+fn argv(state: &Path, pid: i32) -> Vec<String> {
+    serde_json::from_str(&std::fs::read_to_string(state.join(format!("argv-{pid}.json"))).unwrap()).unwrap()
+}
+
+/// A project whose model `g` is a managed stand-in server; returns it and its state dir.
+fn project(extra: &str) -> (Project, PathBuf) {
+    let p = Project::new();
+    let state = p.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    p.write("m.gguf", "gguf").write("mmproj.gguf", "gguf").suite("s", SUITE);
+    p.write(
+        "models.toml",
+        &format!(
+            "[models.g]\nbackend = \"llama-server\"\nbinary = \"{}\"\nmodel = \"m.gguf\"\nmmproj = \"mmproj.gguf\"\nargs = [\"-c\", \"4096\", \"-ngl\", \"99\"]\nstartup_timeout_s = 20\ntimeout_s = 20\n{extra}\n",
+            fake_binary().display()
+        ),
+    );
+    (p, state)
+}
+
+fn state_env(state: &Path) -> String {
+    state.display().to_string()
+}
+
+#[test]
+fn starts_waits_for_health_passes_flags_and_stops_after_the_run() {
+    let (p, state) = project("");
+    let s = state_env(&state);
+    let r = p.run(&["--test-threads", "2"], &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "600")]);
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    for c in ["a", "b", "c"] {
+        assert_eq!(r.outcome(&format!("g::s::{c}")), "ok");
+    }
+    let pids = pids(&state);
+    assert_eq!(pids.len(), 1, "one server per model per run");
+    let args = argv(&state, pids[0]);
+    let port = args[args.iter().position(|a| a == "--port").unwrap() + 1].clone();
+    assert!(port.parse::<u16>().unwrap() > 0);
+    let joined = args[1..].join(" ");
+    let root = p.dir.path().display().to_string();
+    assert_eq!(
+        joined,
+        format!("--host 127.0.0.1 --port {port} -m {root}/m.gguf --mmproj {root}/mmproj.gguf -c 4096 -ngl 99")
+    );
+    assert!(!alive(pids[0]), "the server was stopped after the run");
+    // Load time is the wait for /health; the server's memory is its own process's.
+    let report = p.report();
+    let model = &report["models"][0];
+    assert_eq!(model["backend"], "llama-server");
+    assert!(model["load_s"].as_f64().unwrap() >= 0.5, "{model}");
+    assert!(model["external_memory_bytes"].as_u64().unwrap() > 0, "{model}");
+    let log = std::fs::read_to_string(p.path("target/vlmtest/logs/g.log")).unwrap();
+    assert!(log.contains("server is listening"), "{log}");
+}
+
+#[test]
+fn hf_repos_are_passed_as_dash_hf() {
+    let p = Project::new();
+    let state = p.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    p.suite("s", SUITE).write(
+        "models.toml",
+        &format!(
+            "[models.g]\nbackend = \"llama-server\"\nbinary = \"{}\"\nhf = \"ggml-org/SmolVLM-500M-Instruct-GGUF\"\n",
+            fake_binary().display()
+        ),
+    );
+    let r = p.run(&[], &[("FAKE_STATE_DIR", &state_env(&state)), ("FAKE_LOAD_MS", "0")]);
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    let args = argv(&state, pids(&state)[0]);
+    assert!(args.join(" ").ends_with("-hf ggml-org/SmolVLM-500M-Instruct-GGUF"), "{args:?}");
+}
+
+#[test]
+fn a_crash_mid_run_restarts_the_server_once() {
+    let (p, state) = project("");
+    let s = state_env(&state);
+    let r = p.run(
+        &["--test-threads", "1"],
+        &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "0"), ("FAKE_CRASH_AFTER", "1"), ("FAKE_CRASH_ONCE", "1")],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    let pids = pids(&state);
+    assert_eq!(pids.len(), 2, "restarted once: {pids:?}");
+    assert!(pids.iter().all(|p| !alive(*p)));
+    let report = p.report();
+    let b = report["cases"].as_array().unwrap().iter().find(|c| c["case"] == "b").unwrap();
+    assert_eq!(b["turns"][0]["retries"], 1, "the restart is recorded as a retry");
+}
+
+#[test]
+fn a_server_that_dies_again_fails_the_remaining_trials_with_its_log() {
+    let (p, state) = project("");
+    let s = state_env(&state);
+    let r = p.run(
+        &["--test-threads", "1"],
+        &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "0"), ("FAKE_CRASH_AFTER", "0")],
+    );
+    assert_ne!(r.code, Some(0));
+    for c in ["a", "b", "c"] {
+        assert_eq!(r.outcome(&format!("g::s::{c}")), "FAILED");
+    }
+    assert!(r.stdout.contains("died again"), "{}", r.stdout);
+    assert!(r.stdout.contains("GGML_ASSERT failed: simulated crash"), "{}", r.stdout);
+    assert_eq!(pids(&state).len(), 2, "only one restart");
+}
+
+#[test]
+fn exiting_during_start_up_shows_the_command_and_the_log() {
+    let (p, state) = project("");
+    let s = state_env(&state);
+    let r = p.run(&["--test-threads", "1"], &[("FAKE_STATE_DIR", &s), ("FAKE_EXIT_AT_START", "1")]);
+    assert_eq!(r.outcome("g::s::a"), "FAILED");
+    let out = r.stdout.clone();
+    assert!(out.contains("llama-server for `g` exited during start-up"), "{out}");
+    assert!(out.contains("command: ") && out.contains("--mmproj"), "{out}");
+    assert!(out.contains("error: failed to load model 'broken.gguf'"), "{out}");
+    assert_eq!(pids(&state).len(), 1, "started once, not once per trial");
+}
+
+#[test]
+fn a_taken_port_fails_that_model_only() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (p, _state) = project(&format!("port = {port}"));
+    let server = Server::answering(&[("capital", "Paris")]);
+    let models = std::fs::read_to_string(p.path("models.toml")).unwrap();
+    p.write(
+        "models.toml",
+        &format!(
+            "{models}\n[models.other]\nbackend = \"openai\"\nbase_url = \"{}\"\nmodel = \"x\"\n",
+            server.base_url()
+        ),
+    );
+    let r = p.run(&["--test-threads", "1"], &[]);
+    assert_eq!(r.outcome("g::s::a"), "FAILED");
+    assert!(r.stdout.contains(&format!("port {port} is already in use")), "{}", r.stdout);
+    assert_eq!(r.outcome("other::s::a"), "ok");
+}
+
+#[test]
+fn a_missing_model_file_fails_and_a_missing_binary_is_unavailable() {
+    let (p, _state) = project("");
+    std::fs::remove_file(p.path("mmproj.gguf")).unwrap();
+    let r = p.run(&["--test-threads", "1"], &[]);
+    assert_eq!(r.outcome("g::s::a"), "FAILED");
+    assert!(r.stdout.contains("`mmproj` file") && r.stdout.contains("not found"), "{}", r.stdout);
+
+    let p = Project::new();
+    p.suite("s", SUITE).write(
+        "models.toml",
+        "[models.g]\nbackend = \"llama-server\"\nbinary = \"/no/such/llama-server\"\nhf = \"a/b\"\n",
+    );
+    let r = p.run(&["--test-threads", "1"], &[]);
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    assert_eq!(r.outcome("g::s::a"), "ignored");
+    assert!(r.stdout.contains("llama-server binary `/no/such/llama-server` not found"), "{}", r.stdout);
+    let r = p.run(&["--test-threads", "1"], &[("VLMTEST_REQUIRE_MODELS", "1")]);
+    assert_eq!(r.outcome("g::s::a"), "FAILED");
+}
+
+#[test]
+fn a_server_that_never_gets_ready_is_stopped_after_the_startup_timeout() {
+    let (p, state) = project("");
+    let models = std::fs::read_to_string(p.path("models.toml")).unwrap().replace("startup_timeout_s = 20", "startup_timeout_s = 1");
+    p.write("models.toml", &models);
+    let s = state_env(&state);
+    let start = Instant::now();
+    let r = p.run(&["--test-threads", "1"], &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "100000")]);
+    assert_eq!(r.outcome("g::s::a"), "FAILED");
+    assert!(r.stdout.contains("was not ready after 1 s"), "{}", r.stdout);
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert!(pids(&state).iter().all(|p| !alive(*p)));
+}
+
+#[test]
+fn sigint_to_the_process_group_stops_the_server() {
+    let (p, state) = project("");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vlmtest"));
+    cmd.args(["run", "--", "--test-threads", "1"])
+        .current_dir(p.dir.path())
+        .env("CARGO_MANIFEST_DIR", p.dir.path())
+        .env("FAKE_STATE_DIR", &state)
+        .env("FAKE_LOAD_MS", "0")
+        .env("FAKE_DELAY_MS", "30000")
+        .env_remove("CI")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0); // the harness leads a group of its own, like a shell job
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids(&state).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server = *pids(&state).first().expect("the server started");
+    std::thread::sleep(Duration::from_millis(500)); // a request is in flight
+    // SAFETY: signals the harness's process group, as Ctrl-C in a terminal does.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the harness did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(server) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(server), "llama-server {server} was left running");
+}
+
+/// A real llama-server and GGUF model, when this machine has them:
+/// `VLMTEST_LLAMA_HF=ggml-org/SmolVLM-500M-Instruct-GGUF cargo test --test llama_server -- --ignored`
+/// (or `VLMTEST_LLAMA_MODEL=/path/model.gguf VLMTEST_LLAMA_MMPROJ=/path/mmproj.gguf`).
+#[test]
+#[ignore = "needs llama-server on PATH and VLMTEST_LLAMA_HF or VLMTEST_LLAMA_MODEL"]
+fn a_real_gguf_model_answers() {
+    let source = match (std::env::var("VLMTEST_LLAMA_HF"), std::env::var("VLMTEST_LLAMA_MODEL")) {
+        (Ok(hf), _) => format!("hf = \"{hf}\""),
+        (_, Ok(model)) => {
+            let mmproj = std::env::var("VLMTEST_LLAMA_MMPROJ").map(|m| format!("mmproj = \"{m}\"")).unwrap_or_default();
+            format!("model = \"{model}\"\n{mmproj}")
+        }
+        _ => panic!("set VLMTEST_LLAMA_HF or VLMTEST_LLAMA_MODEL"),
+    };
+    let p = Project::new();
+    p.suite(
+        "real",
+        "cases:\n  - { id: horse, image: images/horse.png, question: \"What animal is this? One word.\", expect: { contains_any: [horse, pony] }, snapshot: false }\n",
+    )
+    .write("models.toml", &format!("[models.real]\nbackend = \"llama-server\"\n{source}\nstartup_timeout_s = 900\n"));
+    let r = p.run(&["--test-threads", "1"], &[("VLMTEST_REQUIRE_MODELS", "1")]);
+    assert_eq!(r.outcome("real::real::horse"), "ok", "{}", r.all());
+}
