@@ -256,6 +256,26 @@ bad_models!(
     "models.toml:5: `api_key_env` names the environment variable"
 );
 bad_models!(
+    llama_server_without_weights,
+    "[models.g]\nbackend = \"llama-server\"\nargs = [\"-c\", \"4096\"]\n",
+    "models.toml:1: model `g`: backend `llama-server` needs `hf` (a Hugging Face GGUF repo) or `model`"
+);
+bad_models!(
+    llama_server_with_both_sources,
+    "[models.g]\nbackend = \"llama-server\"\nhf = \"a/b\"\nmodel = \"x.gguf\"\n",
+    "models.toml:3: give either `hf` (a Hugging Face GGUF repo) or `model` + `mmproj` (local files), not both"
+);
+bad_models!(
+    llama_server_port_in_args,
+    "[models.g]\nbackend = \"llama-server\"\nhf = \"a/b\"\nargs = [\"--port\", \"9000\"]\n",
+    "models.toml:4: `--port` is set by vlmtest"
+);
+bad_models!(
+    llama_server_openai_key,
+    "[models.g]\nbackend = \"llama-server\"\nhf = \"a/b\"\nbase_url = \"http://x/v1\"\n",
+    "models.toml:4: key `base_url` does not apply to backend `llama-server`"
+);
+bad_models!(
     no_models,
     "[defaults]\nmax_new_tokens = 8\n",
     "models.toml: no models declared"
@@ -264,7 +284,7 @@ bad_models!(empty_models, "", "models.toml: file is empty");
 bad_models!(
     backend_not_built_yet,
     "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"HuggingFaceTB/SmolVLM-256M-Instruct\"\n",
-    "models.toml:2: backend `candle` is not available in this version of vlmtest (available: openai)"
+    "models.toml:2: backend `candle` is not available in this version of vlmtest (available: openai, llama-server)"
 );
 
 #[test]

@@ -10,14 +10,18 @@ use std::time::{Duration, Instant};
 
 use common::{Project, Reply, Server};
 
-const SUITE: &str = "cases:\n  - { id: q, question: capital?, expect: { contains: Paris }, snapshot: false }\n";
+const SUITE: &str =
+    "cases:\n  - { id: q, question: capital?, expect: { contains: Paris }, snapshot: false }\n";
 
 /// A server that answers `script[i]` to the i-th chat request, then "Paris".
 fn scripted(script: Vec<Reply>) -> Server {
     let n = Arc::new(AtomicUsize::new(0));
     Server::start(move |_| {
         let i = n.fetch_add(1, Ordering::SeqCst);
-        script.get(i).cloned().unwrap_or_else(|| Reply::answer("Paris"))
+        script
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| Reply::answer("Paris"))
     })
 }
 
@@ -29,7 +33,9 @@ fn run(server: &Server, extra: &str) -> (common::Run, Project) {
 }
 
 fn retries(p: &Project) -> u64 {
-    p.report()["cases"][0]["turns"][0]["retries"].as_u64().unwrap()
+    p.report()["cases"][0]["turns"][0]["retries"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
@@ -56,7 +62,9 @@ fn bad_gateways_and_dropped_connections_are_retried() {
 
 #[test]
 fn too_many_requests_honours_retry_after() {
-    let server = scripted(vec![Reply::raw(429, r#"{"error":"slow down"}"#).header("Retry-After", "1")]);
+    let server = scripted(vec![
+        Reply::raw(429, r#"{"error":"slow down"}"#).header("Retry-After", "1"),
+    ]);
     let start = Instant::now();
     let (r, p) = run(&server, "");
     assert_eq!(r.outcome("m::s::q"), "ok", "{}", r.all());
@@ -82,7 +90,11 @@ fn a_hung_server_fails_the_case_within_the_timeout() {
     let (r, _) = run(&server, "timeout_s = 1");
     assert_eq!(r.outcome("m::s::q"), "FAILED", "{}", r.all());
     assert!(r.stdout.contains("timed out"), "{}", r.stdout);
-    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -92,8 +104,16 @@ fn a_server_that_never_recovers_fails_within_the_timeout() {
     let (r, _) = run(&server, "timeout_s = 2");
     assert_eq!(r.outcome("m::s::q"), "FAILED", "{}", r.all());
     assert!(r.stdout.contains("HTTP 503"), "{}", r.stdout);
-    assert!(r.stdout.contains("retries") || r.stdout.contains("no time left to retry"), "{}", r.stdout);
-    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert!(
+        r.stdout.contains("retries") || r.stdout.contains("no time left to retry"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
     assert!(server.chats().len() >= 2, "it was retried");
 }
 
@@ -101,7 +121,10 @@ fn a_server_that_never_recovers_fails_within_the_timeout() {
 fn malformed_replies_fail_with_the_start_of_the_body() {
     for (body, needle) in [
         ("{\"choices\": [", "not JSON"),
-        ("<!DOCTYPE html><html><body><h1>Welcome to nginx</h1></body></html>", "Welcome to nginx"),
+        (
+            "<!DOCTYPE html><html><body><h1>Welcome to nginx</h1></body></html>",
+            "Welcome to nginx",
+        ),
         ("{\"choices\": [{\"index\": 0}]}", "no `message`"),
         ("{\"object\": \"list\"}", "no `choices`"),
     ] {

@@ -46,7 +46,8 @@ fn pids(state: &Path) -> Vec<i32> {
 }
 
 fn argv(state: &Path, pid: i32) -> Vec<String> {
-    serde_json::from_str(&std::fs::read_to_string(state.join(format!("argv-{pid}.json"))).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(state.join(format!("argv-{pid}.json"))).unwrap())
+        .unwrap()
 }
 
 /// A project whose model `g` is a managed stand-in server; returns it and its state dir.
@@ -54,7 +55,9 @@ fn project(extra: &str) -> (Project, PathBuf) {
     let p = Project::new();
     let state = p.path("state");
     std::fs::create_dir_all(&state).unwrap();
-    p.write("m.gguf", "gguf").write("mmproj.gguf", "gguf").suite("s", SUITE);
+    p.write("m.gguf", "gguf")
+        .write("mmproj.gguf", "gguf")
+        .suite("s", SUITE);
     p.write(
         "models.toml",
         &format!(
@@ -73,7 +76,10 @@ fn state_env(state: &Path) -> String {
 fn starts_waits_for_health_passes_flags_and_stops_after_the_run() {
     let (p, state) = project("");
     let s = state_env(&state);
-    let r = p.run(&["--test-threads", "2"], &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "600")]);
+    let r = p.run(
+        &["--test-threads", "2"],
+        &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "600")],
+    );
     assert_eq!(r.code, Some(0), "{}", r.all());
     for c in ["a", "b", "c"] {
         assert_eq!(r.outcome(&format!("g::s::{c}")), "ok");
@@ -87,7 +93,9 @@ fn starts_waits_for_health_passes_flags_and_stops_after_the_run() {
     let root = p.dir.path().display().to_string();
     assert_eq!(
         joined,
-        format!("--host 127.0.0.1 --port {port} -m {root}/m.gguf --mmproj {root}/mmproj.gguf -c 4096 -ngl 99")
+        format!(
+            "--host 127.0.0.1 --port {port} -m {root}/m.gguf --mmproj {root}/mmproj.gguf -c 4096 -ngl 99"
+        )
     );
     assert!(!alive(pids[0]), "the server was stopped after the run");
     // Load time is the wait for /health; the server's memory is its own process's.
@@ -95,7 +103,10 @@ fn starts_waits_for_health_passes_flags_and_stops_after_the_run() {
     let model = &report["models"][0];
     assert_eq!(model["backend"], "llama-server");
     assert!(model["load_s"].as_f64().unwrap() >= 0.5, "{model}");
-    assert!(model["external_memory_bytes"].as_u64().unwrap() > 0, "{model}");
+    assert!(
+        model["external_memory_bytes"].as_u64().unwrap() > 0,
+        "{model}"
+    );
     let log = std::fs::read_to_string(p.path("target/vlmtest/logs/g.log")).unwrap();
     assert!(log.contains("server is listening"), "{log}");
 }
@@ -112,10 +123,20 @@ fn hf_repos_are_passed_as_dash_hf() {
             fake_binary().display()
         ),
     );
-    let r = p.run(&[], &[("FAKE_STATE_DIR", &state_env(&state)), ("FAKE_LOAD_MS", "0")]);
+    let r = p.run(
+        &[],
+        &[
+            ("FAKE_STATE_DIR", &state_env(&state)),
+            ("FAKE_LOAD_MS", "0"),
+        ],
+    );
     assert_eq!(r.code, Some(0), "{}", r.all());
     let args = argv(&state, pids(&state)[0]);
-    assert!(args.join(" ").ends_with("-hf ggml-org/SmolVLM-500M-Instruct-GGUF"), "{args:?}");
+    assert!(
+        args.join(" ")
+            .ends_with("-hf ggml-org/SmolVLM-500M-Instruct-GGUF"),
+        "{args:?}"
+    );
 }
 
 #[test]
@@ -124,15 +145,28 @@ fn a_crash_mid_run_restarts_the_server_once() {
     let s = state_env(&state);
     let r = p.run(
         &["--test-threads", "1"],
-        &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "0"), ("FAKE_CRASH_AFTER", "1"), ("FAKE_CRASH_ONCE", "1")],
+        &[
+            ("FAKE_STATE_DIR", &s),
+            ("FAKE_LOAD_MS", "0"),
+            ("FAKE_CRASH_AFTER", "1"),
+            ("FAKE_CRASH_ONCE", "1"),
+        ],
     );
     assert_eq!(r.code, Some(0), "{}", r.all());
     let pids = pids(&state);
     assert_eq!(pids.len(), 2, "restarted once: {pids:?}");
     assert!(pids.iter().all(|p| !alive(*p)));
     let report = p.report();
-    let b = report["cases"].as_array().unwrap().iter().find(|c| c["case"] == "b").unwrap();
-    assert_eq!(b["turns"][0]["retries"], 1, "the restart is recorded as a retry");
+    let b = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["case"] == "b")
+        .unwrap();
+    assert_eq!(
+        b["turns"][0]["retries"], 1,
+        "the restart is recorded as a retry"
+    );
 }
 
 #[test]
@@ -141,14 +175,22 @@ fn a_server_that_dies_again_fails_the_remaining_trials_with_its_log() {
     let s = state_env(&state);
     let r = p.run(
         &["--test-threads", "1"],
-        &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "0"), ("FAKE_CRASH_AFTER", "0")],
+        &[
+            ("FAKE_STATE_DIR", &s),
+            ("FAKE_LOAD_MS", "0"),
+            ("FAKE_CRASH_AFTER", "0"),
+        ],
     );
     assert_ne!(r.code, Some(0));
     for c in ["a", "b", "c"] {
         assert_eq!(r.outcome(&format!("g::s::{c}")), "FAILED");
     }
     assert!(r.stdout.contains("died again"), "{}", r.stdout);
-    assert!(r.stdout.contains("GGML_ASSERT failed: simulated crash"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("GGML_ASSERT failed: simulated crash"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(pids(&state).len(), 2, "only one restart");
 }
 
@@ -156,12 +198,24 @@ fn a_server_that_dies_again_fails_the_remaining_trials_with_its_log() {
 fn exiting_during_start_up_shows_the_command_and_the_log() {
     let (p, state) = project("");
     let s = state_env(&state);
-    let r = p.run(&["--test-threads", "1"], &[("FAKE_STATE_DIR", &s), ("FAKE_EXIT_AT_START", "1")]);
+    let r = p.run(
+        &["--test-threads", "1"],
+        &[("FAKE_STATE_DIR", &s), ("FAKE_EXIT_AT_START", "1")],
+    );
     assert_eq!(r.outcome("g::s::a"), "FAILED");
     let out = r.stdout.clone();
-    assert!(out.contains("llama-server for `g` exited during start-up"), "{out}");
-    assert!(out.contains("command: ") && out.contains("--mmproj"), "{out}");
-    assert!(out.contains("error: failed to load model 'broken.gguf'"), "{out}");
+    assert!(
+        out.contains("llama-server for `g` exited during start-up"),
+        "{out}"
+    );
+    assert!(
+        out.contains("command: ") && out.contains("--mmproj"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: failed to load model 'broken.gguf'"),
+        "{out}"
+    );
     assert_eq!(pids(&state).len(), 1, "started once, not once per trial");
 }
 
@@ -181,7 +235,11 @@ fn a_taken_port_fails_that_model_only() {
     );
     let r = p.run(&["--test-threads", "1"], &[]);
     assert_eq!(r.outcome("g::s::a"), "FAILED");
-    assert!(r.stdout.contains(&format!("port {port} is already in use")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("port {port} is already in use")),
+        "{}",
+        r.stdout
+    );
     assert_eq!(r.outcome("other::s::a"), "ok");
 }
 
@@ -191,7 +249,11 @@ fn a_missing_model_file_fails_and_a_missing_binary_is_unavailable() {
     std::fs::remove_file(p.path("mmproj.gguf")).unwrap();
     let r = p.run(&["--test-threads", "1"], &[]);
     assert_eq!(r.outcome("g::s::a"), "FAILED");
-    assert!(r.stdout.contains("`mmproj` file") && r.stdout.contains("not found"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("`mmproj` file") && r.stdout.contains("not found"),
+        "{}",
+        r.stdout
+    );
 
     let p = Project::new();
     p.suite("s", SUITE).write(
@@ -201,7 +263,12 @@ fn a_missing_model_file_fails_and_a_missing_binary_is_unavailable() {
     let r = p.run(&["--test-threads", "1"], &[]);
     assert_eq!(r.code, Some(0), "{}", r.all());
     assert_eq!(r.outcome("g::s::a"), "ignored");
-    assert!(r.stdout.contains("llama-server binary `/no/such/llama-server` not found"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("llama-server binary `/no/such/llama-server` not found"),
+        "{}",
+        r.stdout
+    );
     let r = p.run(&["--test-threads", "1"], &[("VLMTEST_REQUIRE_MODELS", "1")]);
     assert_eq!(r.outcome("g::s::a"), "FAILED");
 }
@@ -209,11 +276,16 @@ fn a_missing_model_file_fails_and_a_missing_binary_is_unavailable() {
 #[test]
 fn a_server_that_never_gets_ready_is_stopped_after_the_startup_timeout() {
     let (p, state) = project("");
-    let models = std::fs::read_to_string(p.path("models.toml")).unwrap().replace("startup_timeout_s = 20", "startup_timeout_s = 1");
+    let models = std::fs::read_to_string(p.path("models.toml"))
+        .unwrap()
+        .replace("startup_timeout_s = 20", "startup_timeout_s = 1");
     p.write("models.toml", &models);
     let s = state_env(&state);
     let start = Instant::now();
-    let r = p.run(&["--test-threads", "1"], &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "100000")]);
+    let r = p.run(
+        &["--test-threads", "1"],
+        &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "100000")],
+    );
     assert_eq!(r.outcome("g::s::a"), "FAILED");
     assert!(r.stdout.contains("was not ready after 1 s"), "{}", r.stdout);
     assert!(start.elapsed() < Duration::from_secs(15));
@@ -270,10 +342,15 @@ fn sigint_to_the_process_group_stops_the_server() {
 #[test]
 #[ignore = "needs llama-server on PATH and VLMTEST_LLAMA_HF or VLMTEST_LLAMA_MODEL"]
 fn a_real_gguf_model_answers() {
-    let source = match (std::env::var("VLMTEST_LLAMA_HF"), std::env::var("VLMTEST_LLAMA_MODEL")) {
+    let source = match (
+        std::env::var("VLMTEST_LLAMA_HF"),
+        std::env::var("VLMTEST_LLAMA_MODEL"),
+    ) {
         (Ok(hf), _) => format!("hf = \"{hf}\""),
         (_, Ok(model)) => {
-            let mmproj = std::env::var("VLMTEST_LLAMA_MMPROJ").map(|m| format!("mmproj = \"{m}\"")).unwrap_or_default();
+            let mmproj = std::env::var("VLMTEST_LLAMA_MMPROJ")
+                .map(|m| format!("mmproj = \"{m}\""))
+                .unwrap_or_default();
             format!("model = \"{model}\"\n{mmproj}")
         }
         _ => panic!("set VLMTEST_LLAMA_HF or VLMTEST_LLAMA_MODEL"),

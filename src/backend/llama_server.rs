@@ -35,7 +35,10 @@ fn install_signal_handler() {
             for g in &groups {
                 signal_group(*g, libc::SIGKILL);
             }
-            eprintln!("vlmtest: interrupted; stopped {} llama-server process(es)", groups.len());
+            eprintln!(
+                "vlmtest: interrupted; stopped {} llama-server process(es)",
+                groups.len()
+            );
             std::process::exit(130);
         });
         if let Err(e) = result {
@@ -121,7 +124,9 @@ impl LlamaServer {
     /// Starts the server and waits until it is ready.
     pub fn start(name: &str, spec: &LlamaServerSpec, out: &Path) -> Result<Self, LoadError> {
         if let GgufSource::Files { model, mmproj } = &spec.source {
-            for (key, p) in std::iter::once(("model", model)).chain(mmproj.iter().map(|m| ("mmproj", m))) {
+            for (key, p) in
+                std::iter::once(("model", model)).chain(mmproj.iter().map(|m| ("mmproj", m)))
+            {
                 if !p.is_file() {
                     return Err(LoadError::Failed(format!(
                         "`{key}` file {} not found",
@@ -131,9 +136,8 @@ impl LlamaServer {
             }
         }
         let logs = out.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| {
-            LoadError::Failed(format!("cannot create {}: {e}", logs.display()))
-        })?;
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| LoadError::Failed(format!("cannot create {}: {e}", logs.display())))?;
         let server = LlamaServer {
             name: name.to_string(),
             spec: spec.clone(),
@@ -189,9 +193,8 @@ impl LlamaServer {
         let port = self.port()?;
         let argv = self.command_line(port);
         let shown = argv.join(" ");
-        let log = File::create(&self.log).map_err(|e| {
-            LoadError::Failed(format!("cannot create {}: {e}", self.log.display()))
-        })?;
+        let log = File::create(&self.log)
+            .map_err(|e| LoadError::Failed(format!("cannot create {}: {e}", self.log.display())))?;
         let log2 = log
             .try_clone()
             .map_err(|e| LoadError::Failed(format!("cannot open {}: {e}", self.log.display())))?;
@@ -329,22 +332,16 @@ impl LlamaServer {
         if let Some(mut old) = guard.take() {
             stop_child(&mut old.child);
         }
-        let running = self
-            .launch()
-            .map_err(|e| match e {
-                LoadError::Failed(m) | LoadError::Unavailable(m) => BackendError(m),
-            })?;
+        let running = self.launch().map_err(|e| match e {
+            LoadError::Failed(m) | LoadError::Unavailable(m) => BackendError(m),
+        })?;
         *guard = Some(running);
         Ok(())
     }
 
     /// The port the server listens on now.
     pub fn current_port(&self) -> Option<u16> {
-        self.running
-            .lock()
-            .ok()?
-            .as_ref()
-            .map(|r| r.port)
+        self.running.lock().ok()?.as_ref().map(|r| r.port)
     }
 }
 

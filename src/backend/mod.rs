@@ -93,9 +93,8 @@ pub enum LoadError {
 /// Builds the backend for a model. This is where weights are read or servers started.
 fn load(spec: &ModelSpec, out: &Path) -> Result<Arc<dyn Backend>, LoadError> {
     match &spec.backend {
-        BackendSpec::LlamaServer(l) => {
-            llama_server::LlamaServer::start(&spec.name, l, out).map(|b| Arc::new(b) as Arc<dyn Backend>)
-        }
+        BackendSpec::LlamaServer(l) => llama_server::LlamaServer::start(&spec.name, l, out)
+            .map(|b| Arc::new(b) as Arc<dyn Backend>),
         BackendSpec::OpenAi(o) => {
             let b = openai::OpenAi::new(o).map_err(LoadError::Failed)?;
             b.probe().map_err(LoadError::Unavailable)?;

@@ -198,7 +198,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(8);
 
 /// Exponential backoff with jitter: 250 ms, 500 ms, 1 s, 2 s… each scaled by 0.5–1.5.
 pub fn backoff(retry: u32) -> Duration {
-    let base = BACKOFF_BASE.saturating_mul(1 << retry.min(10)).min(BACKOFF_CAP);
+    let base = BACKOFF_BASE
+        .saturating_mul(1 << retry.min(10))
+        .min(BACKOFF_CAP);
     // A cheap jitter source: the clock's nanoseconds, mixed.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -214,7 +216,11 @@ pub fn backoff(retry: u32) -> Duration {
 /// `Retry-After` in seconds (the HTTP-date form is not honoured).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<f64>().ok().filter(|s| *s >= 0.0 && s.is_finite()).map(Duration::from_secs_f64)
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0 && s.is_finite())
+        .map(Duration::from_secs_f64)
 }
 
 /// One attempt's failure: its message, and whether trying again may help.
@@ -234,7 +240,11 @@ impl OpenAi {
         let resp = call.send().map_err(|e| Attempt {
             retryable: !e.is_timeout() && (e.is_connect() || e.is_request() || e.is_body()),
             message: if e.is_timeout() {
-                format!("request to {} timed out after {:.1} s", self.url, remaining.as_secs_f64())
+                format!(
+                    "request to {} timed out after {:.1} s",
+                    self.url,
+                    remaining.as_secs_f64()
+                )
             } else {
                 format!("request to {} failed: {}", self.url, root_cause(&e))
             },
@@ -244,7 +254,11 @@ impl OpenAi {
         let wait = retry_after(resp.headers());
         let text = resp.text().map_err(|e| Attempt {
             retryable: !e.is_timeout(),
-            message: format!("reading the reply from {} failed: {}", self.url, error_chain(&e)),
+            message: format!(
+                "reading the reply from {} failed: {}",
+                self.url,
+                error_chain(&e)
+            ),
             wait: None,
         })?;
         if !status.is_success() {

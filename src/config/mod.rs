@@ -8,7 +8,9 @@ pub mod text;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use models::{BackendSpec, GenParams, GgufSource, LlamaServerSpec, ModelSpec, ModelsConfig, OpenAiSpec};
+pub use models::{
+    BackendSpec, GenParams, GgufSource, LlamaServerSpec, ModelSpec, ModelsConfig, OpenAiSpec,
+};
 pub use suite::{Case, Gate, Suite, Thresholds, Turn};
 
 use crate::error::{ConfigError, ConfigErrors};

@@ -507,17 +507,30 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                 };
                 let startup = m.startup_timeout_s.unwrap_or(600.0);
                 if !(startup > 0.0 && startup.is_finite() && startup < 1e7) {
-                    errors.push(err(at("startup_timeout_s"), format!("`startup_timeout_s` must be a number of seconds > 0, got {startup}")));
+                    errors.push(err(
+                        at("startup_timeout_s"),
+                        format!(
+                            "`startup_timeout_s` must be a number of seconds > 0, got {startup}"
+                        ),
+                    ));
                 }
                 if m.port == Some(0) {
                     errors.push(err(at("port"), "`port` must be between 1 and 65535 (leave it out to let vlmtest pick a free port)".into()));
                 }
                 let binary = m.binary.clone().unwrap_or_else(|| "llama-server".into());
                 if binary.trim().is_empty() {
-                    errors.push(err(at("binary"), "`binary` is empty (expected a program name on PATH or a path)".into()));
+                    errors.push(err(
+                        at("binary"),
+                        "`binary` is empty (expected a program name on PATH or a path)".into(),
+                    ));
                 }
                 let reserved = ["--port", "--host"];
-                if let Some(a) = m.args.iter().flatten().find(|a| reserved.contains(&a.as_str())) {
+                if let Some(a) = m
+                    .args
+                    .iter()
+                    .flatten()
+                    .find(|a| reserved.contains(&a.as_str()))
+                {
                     errors.push(err(at("args"), format!("`{a}` is set by vlmtest (127.0.0.1 and the model's `port`); remove it from `args`")));
                 }
                 source.map(|source| {
