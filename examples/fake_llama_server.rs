@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn env_u64(k: &str, default: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -42,7 +45,9 @@ fn main() {
         eprintln!("error: failed to load model 'broken.gguf'");
         std::process::exit(1);
     }
-    let crash_after = std::env::var("FAKE_CRASH_AFTER").ok().and_then(|v| v.parse::<usize>().ok());
+    let crash_after = std::env::var("FAKE_CRASH_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     let crash_once = std::env::var("FAKE_CRASH_ONCE").is_ok();
     let crash_after = match (&state, crash_once) {
         (Some(dir), true) => {
@@ -60,7 +65,9 @@ fn main() {
     let listener = match TcpListener::bind(format!("{host}:{port}")) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: couldn't bind HTTP server socket, hostname: {host}, port: {port}: {e}");
+            eprintln!(
+                "error: couldn't bind HTTP server socket, hostname: {host}, port: {port}: {e}"
+            );
             std::process::exit(1);
         }
     };
@@ -98,14 +105,19 @@ fn main() {
                     });
                     return (200, body.to_string());
                 }
-                (404, r#"{"error":{"code":404,"message":"File Not Found"}}"#.to_string())
+                (
+                    404,
+                    r#"{"error":{"code":404,"message":"File Not Found"}}"#.to_string(),
+                )
             })
         });
     }
 }
 
 fn handle(stream: TcpStream, route: impl Fn(&str, &str) -> (u16, String)) {
-    let Ok(clone) = stream.try_clone() else { return };
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(clone);
     let mut stream = stream;
     loop {

@@ -46,6 +46,7 @@ fn a_loading_server_is_waited_for_and_retries_are_recorded() {
     assert_eq!(r.outcome("m::s::q"), "ok", "{}", r.all());
     assert_eq!(server.chats().len(), 3);
     assert_eq!(retries(&p), 2);
+    assert_eq!(p.report()["models"][0]["retries"], 2);
 }
 
 #[test]

@@ -39,6 +39,8 @@ pub struct ModelReport {
     pub external_memory_bytes: Option<u64>,
     pub peak_memory_bytes: Option<u64>,
     pub load_error: Option<String>,
+    /// Requests retried (and managed-server restarts) over the model's cases.
+    pub retries: u64,
     pub vision: Capability,
     pub text: Capability,
     pub summary: Summary,
@@ -278,6 +280,11 @@ impl Recorder {
                     external_memory_bytes: stats.external_memory_bytes,
                     peak_memory_bytes: stats.peak_memory_bytes,
                     load_error: stats.load_error,
+                    retries: mine
+                        .iter()
+                        .flat_map(|c| &c.turns)
+                        .map(|t| u64::from(t.retries))
+                        .sum(),
                     vision: cap(true),
                     text: cap(false),
                     summary: Summary::of(mine.iter().copied()),
