@@ -185,6 +185,8 @@ pub struct ModelSlot {
     out: PathBuf,
     state: Mutex<SlotState>,
     users_left: AtomicUsize,
+    created: Instant,
+    last_sample_ms: std::sync::atomic::AtomicU64,
     resident: Arc<Semaphore>,
     stats: Mutex<LoadStats>,
 }
@@ -196,6 +198,8 @@ impl ModelSlot {
             out: out.to_path_buf(),
             state: Mutex::new(SlotState::Unloaded),
             users_left: AtomicUsize::new(0),
+            created: Instant::now(),
+            last_sample_ms: std::sync::atomic::AtomicU64::new(0),
             resident,
             stats: Mutex::new(LoadStats::default()),
         }
@@ -259,8 +263,20 @@ impl ModelSlot {
         }
     }
 
-    /// Samples memory while the model is in use.
+    /// Samples memory while the model is in use, at most every 200 ms.
     pub fn sample_memory(&self) {
+        let now = self.created.elapsed().as_millis() as u64;
+        let last = self.last_sample_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < 200 {
+            return;
+        }
+        if self
+            .last_sample_ms
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another thread is sampling
+        }
         let rss = crate::report::machine::process_rss();
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());

@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::{Value, json};
 
 use super::{Backend, BackendError, Generation, Request, Semaphore};
@@ -98,11 +97,10 @@ pub fn request_body(model: &str, req: &Request) -> Result<Value, BackendError> {
         }
         let mut parts = Vec::with_capacity(m.images.len() + 1);
         for img in &m.images {
-            let bytes = img.bytes().map_err(BackendError)?;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes.as_slice());
+            let url = img.data_url().map_err(BackendError)?;
             parts.push(json!({
                 "type": "image_url",
-                "image_url": {"url": format!("data:{};base64,{b64}", img.mime)}
+                "image_url": {"url": &*url}
             }));
         }
         parts.push(json!({"type": "text", "text": m.text}));

@@ -15,9 +15,22 @@ pub struct Image {
     pub width: u32,
     pub height: u32,
     bytes: OnceLock<Result<Arc<Vec<u8>>, String>>,
+    data_url: OnceLock<Result<Arc<str>, String>>,
 }
 
 impl Image {
+    /// The image as a `data:` URL (base64), encoded once.
+    pub fn data_url(&self) -> Result<Arc<str>, String> {
+        self.data_url
+            .get_or_init(|| {
+                use base64::Engine;
+                let bytes = self.bytes()?;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes.as_slice());
+                Ok(Arc::from(format!("data:{};base64,{b64}", self.mime)))
+            })
+            .clone()
+    }
+
     /// The file's bytes, read once.
     pub fn bytes(&self) -> Result<Arc<Vec<u8>>, String> {
         self.bytes
@@ -94,5 +107,6 @@ fn probe(path: &Path, written: &str) -> Result<Arc<Image>, String> {
         width,
         height,
         bytes: OnceLock::new(),
+        data_url: OnceLock::new(),
     }))
 }

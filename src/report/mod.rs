@@ -190,12 +190,17 @@ impl Recorder {
         inner.suites.push(s.clone());
     }
 
-    /// Whether report.json is due for a rewrite (throttled so a long run is not quadratic).
-    pub fn due(&self) -> bool {
-        let inner = self.lock();
-        inner
+    /// Claims the next rewrite of report.json when one is due (throttled so a long run is not
+    /// quadratic); only the thread that claims it rebuilds the report.
+    fn claim_rewrite(&self) -> bool {
+        let mut inner = self.lock();
+        let due = inner
             .last_write
-            .is_none_or(|t| t.elapsed() >= REWRITE_EVERY)
+            .is_none_or(|t| t.elapsed() >= REWRITE_EVERY);
+        if due {
+            inner.last_write = Some(Instant::now());
+        }
+        due
     }
 
     /// Builds the report from what has been recorded so far.
@@ -306,12 +311,13 @@ impl Recorder {
 
     /// Rewrites report.json with what has been recorded so far.
     pub fn write_progress(&self, run: &Run) {
-        if !self.due() {
+        if !self.claim_rewrite() {
             return;
         }
         let report = self.snapshot(run, false);
         let result = write_atomic(&self.out.join("report.json"), &to_json(&report));
         let mut inner = self.lock();
+        // The next rewrite is due REWRITE_EVERY after this one ends, however long it took.
         inner.last_write = Some(Instant::now());
         if let Err(e) = result {
             inner.error = Some(e);
