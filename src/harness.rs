@@ -89,6 +89,19 @@ pub fn run_plan(plan: Plan, env: Env, args: &Arguments) -> ExitCode {
         })
         .collect();
     if !args.list {
+        // Interrupted: what finished is written as an incomplete report.
+        let weak = Arc::downgrade(&run);
+        crate::interrupt::on_interrupt(crate::interrupt::WRITE_REPORT, move || {
+            if let Some(run) = weak.upgrade() {
+                match run.recorder.finish_interrupted(&run) {
+                    Ok(()) => eprintln!(
+                        "vlmtest: interrupted; the cases that finished are in {}",
+                        run.recorder.out().display()
+                    ),
+                    Err(e) => eprintln!("vlmtest: interrupted; results could not be written: {e}"),
+                }
+            }
+        });
         let selected: Vec<TrialKind> = trials
             .iter()
             .zip(&run.plan.trials)

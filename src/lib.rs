@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod harness;
+pub mod interrupt;
 pub mod plan;
 pub mod report;
 pub mod run;

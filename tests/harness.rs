@@ -546,6 +546,56 @@ fn processes_of_one_nextest_run_share_the_report() {
     assert_eq!(p.report()["cases"].as_array().unwrap().len(), 1);
 }
 
+#[test]
+fn an_interrupted_run_keeps_what_finished() {
+    let server = Server::start(|seen| {
+        let slow = seen.last_question().contains("slow");
+        Reply::answer("Paris").after(if slow { 30_000 } else { 0 })
+    });
+    let p = Project::new();
+    p.suite(
+        "s",
+        "cases:\n  - { id: a-fast, question: fast?, expect: { contains: Paris } }\n  - { id: b-slow, question: slow?, expect: { contains: Paris } }\n",
+    )
+    .models(&server, &[("m", "timeout_s = 60")]);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vlmtest"));
+    cmd.args(["run", "--", "--test-threads", "1"])
+        .current_dir(p.dir.path())
+        .env("CARGO_MANIFEST_DIR", p.dir.path())
+        .env_remove("CI")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !server
+        .chats()
+        .iter()
+        .any(|c| c.last_question().contains("slow"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow case never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sends SIGINT to the harness, as Ctrl-C does.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let report = p.report();
+    assert_eq!(report["complete"], false);
+    let cases: Vec<&str> = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(cases, ["a-fast"]);
+    assert!(p.path("target/vlmtest/report.md").exists());
+}
+
 mod snapshots {
     use super::*;
 

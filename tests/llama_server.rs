@@ -334,6 +334,12 @@ fn sigint_to_the_process_group_stops_the_server() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!alive(server), "llama-server {server} was left running");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("interrupted; stopped 1 llama-server process(es)"),
+        "{err}"
+    );
 }
 
 /// A real llama-server and GGUF model, when this machine has them:

@@ -20,10 +20,10 @@ use crate::config::{GgufSource, LlamaServerSpec, OpenAiSpec};
 static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
 
-/// On Ctrl-C or SIGTERM: stop every server, then exit as interrupted.
+/// On Ctrl-C or SIGTERM: stop every server this process started.
 fn install_signal_handler() {
     HANDLER.call_once(|| {
-        let result = ctrlc::set_handler(|| {
+        crate::interrupt::on_interrupt(crate::interrupt::STOP_SERVERS, || {
             let groups: Vec<i32> = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
             for g in &groups {
                 signal_group(*g, libc::SIGTERM);
@@ -39,11 +39,7 @@ fn install_signal_handler() {
                 "vlmtest: interrupted; stopped {} llama-server process(es)",
                 groups.len()
             );
-            std::process::exit(130);
         });
-        if let Err(e) = result {
-            tracing::warn!("cannot install the Ctrl-C handler: {e}");
-        }
     });
 }
 

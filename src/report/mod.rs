@@ -326,10 +326,19 @@ impl Recorder {
 
     /// Writes every output at the end of the run. Returns the first write error of the run.
     pub fn finish(&self, run: &Run) -> Result<(), String> {
+        self.write_all(run, true)
+    }
+
+    /// Writes every output for an interrupted run (`complete: false`).
+    pub fn finish_interrupted(&self, run: &Run) -> Result<(), String> {
+        self.write_all(run, false)
+    }
+
+    fn write_all(&self, run: &Run, complete: bool) -> Result<(), String> {
         if !self.lock().opened {
             return Ok(()); // nothing ran
         }
-        let report = self.snapshot(run, true);
+        let report = self.snapshot(run, complete);
         let writes = [
             write_atomic(&self.out.join("report.json"), &to_json(&report)),
             write_atomic(&self.out.join("report.md"), &markdown::render(&report)),
