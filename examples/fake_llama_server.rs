@@ -11,10 +11,14 @@
 //!   the first process of a state dir crashes (a marker file remembers it).
 //! - `FAKE_EXIT_AT_START=1`: print an error and exit(1) at once, like a bad model file.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/common/http.rs"]
+#[allow(dead_code)] // the headers and body are the tests' business
+mod http;
 
 fn env_u64(k: &str, default: u64) -> u64 {
     std::env::var(k)
@@ -120,39 +124,9 @@ fn handle(stream: TcpStream, route: impl Fn(&str, &str) -> (u16, String)) {
     };
     let mut reader = BufReader::new(clone);
     let mut stream = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let (status, text) = route(&method, &path);
-        let resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
-            text.len()
-        );
+    while let Some(req) = http::read_request(&mut reader) {
+        let (status, text) = route(&req.method, &req.path);
+        let resp = http::response(status, "application/json", "", &text);
         if stream.write_all(resp.as_bytes()).is_err() {
             return;
         }

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+pub mod http;
+
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -203,46 +205,20 @@ fn serve(
     in_flight: &AtomicUsize,
     max_in_flight: &AtomicUsize,
 ) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(clone);
     let mut stream = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let mut headers = Vec::new();
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+    while let Some(req) = http::read_request(&mut reader) {
         let seen = Seen {
-            method: method.clone(),
-            path: path.clone(),
-            headers,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            method: req.method,
+            path: req.path.clone(),
+            headers: req.headers,
+            body: serde_json::from_slice(&req.body).unwrap_or(Value::Null),
         };
         requests.lock().unwrap().push(seen.clone());
-        let reply = if path.ends_with("/models") {
+        let reply = if req.path.ends_with("/models") {
             Reply::raw(200, r#"{"object":"list","data":[]}"#)
         } else {
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -265,12 +241,7 @@ fn serve(
         } else {
             "application/json"
         };
-        let resp = format!(
-            "HTTP/1.1 {} X\r\ncontent-type: {ctype}\r\n{extra}content-length: {}\r\n\r\n{}",
-            reply.status,
-            reply.body.len(),
-            reply.body
-        );
+        let resp = http::response(reply.status, ctype, &extra, &reply.body);
         if stream.write_all(resp.as_bytes()).is_err() {
             return;
         }
