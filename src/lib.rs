@@ -11,6 +11,7 @@ pub mod harness;
 pub mod interrupt;
 pub mod plan;
 pub mod report;
+pub mod resample;
 pub mod run;
 pub mod score;
 pub mod snapshot;
