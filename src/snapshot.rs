@@ -137,11 +137,12 @@ fn normalize(s: &str) -> String {
 pub fn parse(text: &str) -> Option<String> {
     let text = text.replace("\r\n", "\n");
     let rest = text.strip_prefix("---\n")?;
-    let end = rest
-        .find("\n---\n")
-        .map(|i| i + 5)
-        .or_else(|| rest.strip_suffix("\n---").map(|_| rest.len()))?;
-    Some(normalize(&rest[end.min(rest.len())..]))
+    // The header ends at the second `---`; a snapshot may end right there (empty content).
+    let content = match rest.split_once("\n---\n") {
+        Some((_, content)) => content,
+        None => rest.strip_suffix("\n---").map(|_| "")?,
+    };
+    Some(normalize(content))
 }
 
 fn write(path: &Path, meta: &Meta, content: &str) -> Result<(), String> {

@@ -558,12 +558,8 @@ fn an_interrupted_run_keeps_what_finished() {
         "cases:\n  - { id: a-fast, question: fast?, expect: { contains: Paris } }\n  - { id: b-slow, question: slow?, expect: { contains: Paris } }\n",
     )
     .models(&server, &[("m", "timeout_s = 60")]);
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vlmtest"));
-    cmd.args(["run", "--", "--test-threads", "1"])
-        .current_dir(p.dir.path())
-        .env("CARGO_MANIFEST_DIR", p.dir.path())
-        .env_remove("CI")
-        .stdout(std::process::Stdio::null())
+    let mut cmd = p.command(&["--test-threads", "1"], &[]);
+    cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

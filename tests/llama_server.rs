@@ -295,15 +295,16 @@ fn a_server_that_never_gets_ready_is_stopped_after_the_startup_timeout() {
 #[test]
 fn sigint_to_the_process_group_stops_the_server() {
     let (p, state) = project("");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vlmtest"));
-    cmd.args(["run", "--", "--test-threads", "1"])
-        .current_dir(p.dir.path())
-        .env("CARGO_MANIFEST_DIR", p.dir.path())
-        .env("FAKE_STATE_DIR", &state)
-        .env("FAKE_LOAD_MS", "0")
-        .env("FAKE_DELAY_MS", "30000")
-        .env_remove("CI")
-        .stdout(std::process::Stdio::null())
+    let s = state_env(&state);
+    let mut cmd = p.command(
+        &["--test-threads", "1"],
+        &[
+            ("FAKE_STATE_DIR", &s),
+            ("FAKE_LOAD_MS", "0"),
+            ("FAKE_DELAY_MS", "30000"),
+        ],
+    );
+    cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     {
         use std::os::unix::process::CommandExt;

@@ -103,7 +103,6 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 
 struct Running {
     child: Child,
-    port: u16,
     client: Arc<OpenAi>,
 }
 
@@ -255,7 +254,6 @@ impl LlamaServer {
         }));
         Ok(Running {
             child,
-            port,
             client: Arc::new(client),
         })
     }
@@ -333,11 +331,6 @@ impl LlamaServer {
         })?;
         *guard = Some(running);
         Ok(())
-    }
-
-    /// The port the server listens on now.
-    pub fn current_port(&self) -> Option<u16> {
-        self.running.lock().ok()?.as_ref().map(|r| r.port)
     }
 }
 

@@ -76,11 +76,6 @@ impl OpenAi {
             )),
         }
     }
-
-    /// The JSON body of a chat/completions request.
-    pub fn body(&self, req: &Request) -> Result<Value, BackendError> {
-        request_body(&self.model, req)
-    }
 }
 
 /// Builds the request body: messages with text and image parts, `max_tokens`, `temperature`
@@ -280,7 +275,7 @@ impl Backend for OpenAi {
     /// 503 (a server still loading its model) and 504 with exponential backoff and jitter, all
     /// within the model's `timeout_s`. Other failures are final at once.
     fn generate(&self, req: &Request) -> Result<Generation, BackendError> {
-        let body = self.body(req)?;
+        let body = request_body(&self.model, req)?;
         let _permit = self.permits.acquire();
         let start = Instant::now();
         let deadline = start + self.timeout;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::run::Run;
-use crate::verdict::{CaseResult, Status, SuiteResult, Summary};
+use crate::verdict::{CaseResult, SuiteResult, Summary};
 use machine::Machine;
 
 /// How a model did on the cases that need an image, or on those that do not.
@@ -476,9 +476,4 @@ fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, Str
         }
     }
     Ok(out)
-}
-
-/// Counts per status, for summaries.
-pub fn count(cases: &[CaseResult], status: Status) -> usize {
-    cases.iter().filter(|c| c.status == status).count()
 }

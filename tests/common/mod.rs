@@ -308,6 +308,17 @@ impl Project {
 
     /// Runs the harness (`vlmtest run -- ARGS`) in the sandbox, with a clean environment.
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let out: Output = self.command(args, env).output().unwrap();
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// The harness command (`vlmtest run -- ARGS`) in the sandbox, with a clean environment, for
+    /// tests that start it themselves (to interrupt it, say).
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vlmtest"));
         cmd.arg("run")
             .arg("--")
@@ -331,12 +342,7 @@ impl Project {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out: Output = cmd.output().unwrap();
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-        }
+        cmd
     }
 
     pub fn report(&self) -> Value {
