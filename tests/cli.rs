@@ -12,12 +12,8 @@ fn score(args: &[&str], input: &str) -> (Option<i32>, Vec<serde_json::Value>, St
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    // The command may exit before reading its input (a usage error): a broken pipe is fine.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
     let out = child.wait_with_output().unwrap();
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
