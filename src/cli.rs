@@ -47,6 +47,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Download the files of in-process (`backend = "candle"`) models into the Hugging Face cache
+    /// (`HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN` are honoured), so that runs need no network. With no
+    /// MODEL, every enabled candle model of models.toml (VLMTEST_MODELS) that names a `repo`.
+    Fetch {
+        /// Model names from models.toml.
+        models: Vec<String>,
+    },
     /// Print the summary of the last run (from VLMTEST_OUT, default target/vlmtest).
     Report {
         /// The output directory of the run.
@@ -189,6 +196,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Score { rule, pass_at } => score(&rule, pass_at),
         Command::Report { out, format } => report(out, format),
+        Command::Fetch { models } => fetch(&models),
         Command::Run { args } => {
             let argv = std::iter::once("vlmtest run".to_string()).chain(args);
             match <libtest_mimic::Arguments as Parser>::try_parse_from(argv) {
@@ -239,5 +247,79 @@ mod tests {
                 .unwrap_err()
                 .contains("JSON")
         );
+    }
+}
+
+/// `vlmtest fetch [MODEL...]`.
+fn fetch(names: &[String]) -> ExitCode {
+    use crate::config::{BackendSpec, ModelSource};
+    let env = match crate::config::Env::from_process() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let models = match crate::config::models::load_models(&env.models) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut chosen = Vec::new();
+    for n in names {
+        match models.models.iter().find(|m| &m.name == n) {
+            Some(m) => chosen.push(m),
+            None => {
+                let known: Vec<&str> = models.models.iter().map(|m| m.name.as_str()).collect();
+                eprintln!(
+                    "error: no model `{n}` in {} (models: {})",
+                    env.models.display(),
+                    known.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if names.is_empty() {
+        chosen = models.models.iter().filter(|m| m.enabled).collect();
+    }
+    let mut failed = false;
+    for m in chosen {
+        match &m.backend {
+            BackendSpec::Candle(c) => match &c.source {
+                ModelSource::Hub { repo, revision } => {
+                    eprintln!("fetching {} ({repo}@{revision})", m.name);
+                    match crate::backend::candle::hub::fetch(repo, revision) {
+                        Ok(dir) => println!("{}: {}", m.name, dir.display()),
+                        Err(e) => {
+                            eprintln!("error: {}: {e}", m.name);
+                            failed = true;
+                        }
+                    }
+                }
+                ModelSource::Path(p) => {
+                    println!(
+                        "{}: local folder {} (nothing to fetch)",
+                        m.name,
+                        p.display()
+                    )
+                }
+            },
+            other if !names.is_empty() => {
+                println!(
+                    "{}: backend `{}` (nothing to fetch: the server loads its own weights)",
+                    m.name,
+                    other.kind()
+                );
+            }
+            _ => {}
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

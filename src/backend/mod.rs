@@ -4,6 +4,7 @@
 //! that need it, and dropped after its last trial of the run. Load time and memory growth are
 //! measured around the load.
 
+pub mod candle;
 pub mod llama_server;
 pub mod openai;
 
@@ -95,6 +96,9 @@ fn load(spec: &ModelSpec, out: &Path) -> Result<Arc<dyn Backend>, LoadError> {
     match &spec.backend {
         BackendSpec::LlamaServer(l) => llama_server::LlamaServer::start(&spec.name, l, out)
             .map(|b| Arc::new(b) as Arc<dyn Backend>),
+        BackendSpec::Candle(c) => {
+            candle::Candle::load(&spec.name, c).map(|b| Arc::new(b) as Arc<dyn Backend>)
+        }
         BackendSpec::OpenAi(o) => {
             let b = openai::OpenAi::new(o).map_err(LoadError::Failed)?;
             b.probe().map_err(LoadError::Unavailable)?;
@@ -107,6 +111,7 @@ fn load(spec: &ModelSpec, out: &Path) -> Result<Arc<dyn Backend>, LoadError> {
 /// `VLMTEST_MAX_RESIDENT`).
 fn in_process(spec: &ModelSpec) -> bool {
     match spec.backend {
+        BackendSpec::Candle(_) => true,
         BackendSpec::OpenAi(_) | BackendSpec::LlamaServer(_) => false,
     }
 }

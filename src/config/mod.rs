@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use models::{
-    BackendSpec, GenParams, GgufSource, LlamaServerSpec, ModelSpec, ModelsConfig, OpenAiSpec,
+    BackendSpec, CandleSpec, GenParams, GgufSource, LlamaServerSpec, ModelSource, ModelSpec,
+    ModelsConfig, OpenAiSpec,
 };
 pub use suite::{Case, Gate, Suite, Thresholds, Turn};
 

@@ -51,6 +51,27 @@ impl GenParams {
 pub enum BackendSpec {
     OpenAi(OpenAiSpec),
     LlamaServer(LlamaServerSpec),
+    Candle(CandleSpec),
+}
+
+/// Where an in-process model's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A Hugging Face repo at a revision, read from the Hugging Face cache.
+    Hub { repo: String, revision: String },
+    /// A local folder laid out like the repo, resolved against models.toml's directory.
+    Path(PathBuf),
+}
+
+/// A model run in-process on candle.
+#[derive(Debug, Clone)]
+pub struct CandleSpec {
+    pub arch: String,
+    pub source: ModelSource,
+    /// f32 | f16 | bf16
+    pub dtype: String,
+    /// cpu | cuda | metal | auto
+    pub device: String,
 }
 
 impl BackendSpec {
@@ -58,6 +79,7 @@ impl BackendSpec {
         match self {
             BackendSpec::OpenAi(_) => "openai",
             BackendSpec::LlamaServer(_) => "llama-server",
+            BackendSpec::Candle(_) => "candle",
         }
     }
 }
@@ -545,16 +567,98 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                     })
                 })
             }
-            other => {
-                errors.push(err(at("backend"), format!(
-                    "backend `{}` is not available in this version of vlmtest (available: openai, llama-server); \
-                     serve the model through an OpenAI-compatible server and use backend = \"openai\" meanwhile",
-                    other.name()
-                )));
-                None
+            BackendKind::Candle => {
+                let arches = crate::backend::candle::ARCHES;
+                let arch = m.arch.clone().unwrap_or_default();
+                if arch.is_empty() {
+                    errors.push(err(
+                        Some(line),
+                        format!(
+                            "model `{name}`: backend `candle` needs `arch` (one of: {})",
+                            arches.join(", ")
+                        ),
+                    ));
+                } else if !arches.contains(&arch.as_str()) {
+                    errors.push(err(
+                        at("arch"),
+                        format!(
+                            "unknown arch `{arch}` (expected one of: {})",
+                            arches.join(", ")
+                        ),
+                    ));
+                }
+                let dtype = m.dtype.clone().unwrap_or_else(|| "f32".into());
+                if !["f32", "f16", "bf16"].contains(&dtype.as_str()) {
+                    errors.push(err(
+                        at("dtype"),
+                        format!("unknown dtype `{dtype}` (expected f32, f16 or bf16)"),
+                    ));
+                }
+                let device = m.device.clone().unwrap_or_else(|| "cpu".into());
+                if !["cpu", "cuda", "metal", "auto"].contains(&device.as_str()) {
+                    errors.push(err(
+                        at("device"),
+                        format!("unknown device `{device}` (expected cpu, cuda, metal or auto)"),
+                    ));
+                }
+                let base = path.parent().unwrap_or(Path::new("."));
+                let source = match (&m.repo, &m.path) {
+                    (Some(_), Some(_)) => {
+                        errors.push(err(
+                            at("path"),
+                            "give either `repo` (+ `revision`) or `path`, not both".into(),
+                        ));
+                        None
+                    }
+                    (None, Some(p)) if m.revision.is_some() => {
+                        errors.push(err(at("revision"), format!("`revision` applies to `repo`, not to `path` (`{p}` is read as it is)")));
+                        None
+                    }
+                    (None, Some(p)) if p.trim().is_empty() => {
+                        errors.push(err(at("path"), "`path` is empty (expected a folder laid out like the Hugging Face repo)".into()));
+                        None
+                    }
+                    (None, Some(p)) => Some(ModelSource::Path(base.join(p))),
+                    (Some(r), None) => {
+                        let parts: Vec<&str> = r.split('/').collect();
+                        if parts.len() != 2
+                            || parts
+                                .iter()
+                                .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+                        {
+                            errors.push(err(at("repo"), format!("`repo` must name a Hugging Face repo such as \"HuggingFaceTB/SmolVLM-256M-Instruct\", got `{r}`")));
+                            None
+                        } else {
+                            let revision = m.revision.clone().unwrap_or_else(|| "main".into());
+                            if revision.trim().is_empty() || revision.contains("..") {
+                                errors.push(err(at("revision"), format!("`revision` must be a branch, tag or commit, got `{revision}`")));
+                            }
+                            Some(ModelSource::Hub {
+                                repo: r.clone(),
+                                revision,
+                            })
+                        }
+                    }
+                    (None, None) => {
+                        errors.push(err(Some(line), format!("model `{name}`: backend `candle` needs `repo` (a Hugging Face repo, with `revision`) or `path` (a local folder laid out like the repo)")));
+                        None
+                    }
+                };
+                source.map(|source| {
+                    BackendSpec::Candle(CandleSpec {
+                        arch,
+                        source,
+                        dtype,
+                        device,
+                    })
+                })
             }
         };
         if let Some(backend) = backend {
+            let text_only = m.text_only.or(d.text_only).unwrap_or(match &backend {
+                BackendSpec::Candle(c) => crate::backend::candle::arch_answers_text_only(&c.arch),
+                _ => true,
+            });
             models.push(ModelSpec {
                 name: name.clone(),
                 line,
@@ -566,7 +670,7 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                     seed: m.seed.or(d.seed),
                     system_prompt: m.system_prompt.clone().or_else(|| d.system_prompt.clone()),
                 },
-                text_only: m.text_only.or(d.text_only).unwrap_or(true),
+                text_only,
                 latency_scale,
             });
         }

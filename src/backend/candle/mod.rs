@@ -1,0 +1,296 @@
+//! In-process models on candle: one file per architecture behind the [`Vlm`] trait, and the
+//! generation loop they share (greedy or sampled decoding, stop at EOS or `max_new_tokens`, a KV
+//! cache that starts empty for every request, timings and token counts).
+
+pub mod hub;
+pub mod llama;
+pub mod paligemma;
+pub mod smolvlm;
+pub mod template;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+
+use super::{Backend, BackendError, Generation, LoadError, Request};
+use crate::config::{CandleSpec, ModelSource};
+
+/// What an architecture's prefill returns: the prompt's length and the logits after it.
+pub struct Prefill {
+    pub prompt_tokens: usize,
+    /// Logits at the last prompt position, `[vocab]`, f32.
+    pub logits: Tensor,
+}
+
+/// One architecture: turns a conversation into its prompt (chat template, image tokens, pixel
+/// values) and runs its decoder one token at a time.
+pub trait Vlm: Send {
+    /// Starts a new answer: the KV cache is emptied, the conversation encoded and run.
+    fn prefill(&mut self, request: &Request) -> Result<Prefill, String>;
+    /// Feeds the token just chosen; returns the logits for the next one (`[vocab]`, f32).
+    fn step(&mut self, token: u32) -> candle_core::Result<Tensor>;
+    /// Tokens that end an answer.
+    fn eos(&self) -> &[u32];
+    fn tokenizer(&self) -> &tokenizers::Tokenizer;
+}
+
+/// The architectures `arch` may name.
+pub const ARCHES: &[&str] = &["smolvlm", "paligemma"];
+
+/// Whether an architecture can answer without an image (the default of `text_only`).
+pub fn arch_answers_text_only(arch: &str) -> bool {
+    arch != "paligemma"
+}
+
+/// Reads a config or tokenizer file of a model folder, naming the file on failure.
+pub fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T, String> {
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}:{}: {} (expected the file as the Hugging Face repo has it)",
+            path.display(),
+            e.line(),
+            e
+        )
+    })
+}
+
+/// The safetensors files of a model folder: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let v: serde_json::Value = read_json(dir, "model.safetensors.index.json")?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| format!("{}: no `weight_map` object", index.display()))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            return Err(format!(
+                "{} names {}, which is missing",
+                index.display(),
+                missing.display()
+            ));
+        }
+        return Ok(files);
+    }
+    Err(format!(
+        "{} has neither model.safetensors nor model.safetensors.index.json",
+        dir.display()
+    ))
+}
+
+/// Maps the weights (no copy until a tensor is used on a device that needs one).
+pub fn var_builder(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<candle_nn::VarBuilder<'static>, String> {
+    let files = weight_files(dir)?;
+    // SAFETY: the files are mapped read-only; vlmtest never writes them, and a model folder
+    // being rewritten while a run reads it is outside what any loader can guard against.
+    unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+        .map_err(|e| format!("cannot map the weights in {}: {e}", dir.display()))
+}
+
+/// Token ids of `generation_config.json`'s `eos_token_id` (a number or a list).
+pub fn generation_eos(dir: &Path) -> Result<Vec<u32>, String> {
+    if !dir.join("generation_config.json").is_file() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value = read_json(dir, "generation_config.json")?;
+    Ok(match v.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|n| vec![n as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|n| n.as_u64())
+            .map(|n| n as u32)
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer, String> {
+    let path = dir.join("tokenizer.json");
+    tokenizers::Tokenizer::from_file(&path)
+        .map_err(|e| format!("cannot load {}: {e}", path.display()))
+}
+
+/// Decodes an image file into RGB, as `do_convert_rgb` does.
+pub fn decode_image(image: &crate::config::image::Image) -> Result<image::RgbImage, String> {
+    let bytes = image.bytes()?;
+    image::load_from_memory(&bytes)
+        .map(|i| i.to_rgb8())
+        .map_err(|e| format!("cannot decode {}: {e}", image.shown))
+}
+
+/// The device a spec asks for, with a clear error when this build cannot provide it.
+pub fn device(name: &str) -> Result<Device, String> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            format!("device = \"cuda\" is not available: {e} (build vlmtest with `--features cuda` on a machine with CUDA)")
+        }),
+        "metal" => Device::new_metal(0).map_err(|e| {
+            format!("device = \"metal\" is not available: {e} (build vlmtest with `--features metal` on macOS)")
+        }),
+        _ => Ok(Device::cuda_if_available(0)
+            .ok()
+            .filter(|d| !d.is_cpu())
+            .or_else(|| Device::new_metal(0).ok())
+            .unwrap_or(Device::Cpu)),
+    }
+}
+
+pub fn dtype(name: &str) -> DType {
+    match name {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+/// A loaded in-process model.
+pub struct Candle {
+    model: Mutex<Box<dyn Vlm>>,
+}
+
+impl Candle {
+    /// Finds the model's files (local folder or Hugging Face cache) and loads the architecture.
+    pub fn load(name: &str, spec: &CandleSpec) -> Result<Self, LoadError> {
+        let dir = match &spec.source {
+            ModelSource::Path(p) => {
+                if !p.is_dir() {
+                    return Err(LoadError::Failed(format!(
+                        "model `{name}`: path {} is not a folder (expected a folder laid out like the Hugging Face repo)",
+                        p.display()
+                    )));
+                }
+                p.clone()
+            }
+            ModelSource::Hub { repo, revision } => {
+                hub::cached_snapshot(repo, revision).map_err(|e| match e {
+                    hub::Missing::NotCached(why) => LoadError::Unavailable(format!(
+                        "{why}; fetch it with `vlmtest fetch {name}` (or set VLMTEST_REQUIRE_MODELS=1 to make this a failure)"
+                    )),
+                    hub::Missing::Broken(why) => LoadError::Failed(why),
+                })?
+            }
+        };
+        let device = device(&spec.device).map_err(LoadError::Failed)?;
+        let dtype = dtype(&spec.dtype);
+        let model: Box<dyn Vlm> = match spec.arch.as_str() {
+            "smolvlm" => Box::new(
+                smolvlm::SmolVlm::load(&dir, dtype, &device)
+                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
+            ),
+            "paligemma" => Box::new(
+                paligemma::PaliGemma::load(&dir, dtype, &device)
+                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
+            ),
+            other => {
+                return Err(LoadError::Failed(format!(
+                    "model `{name}`: arch `{other}` is not supported (supported: {})",
+                    ARCHES.join(", ")
+                )));
+            }
+        };
+        Ok(Self {
+            model: Mutex::new(model),
+        })
+    }
+
+    /// Builds a backend around an already-loaded architecture (tests).
+    pub fn from_model(model: Box<dyn Vlm>) -> Self {
+        Self {
+            model: Mutex::new(model),
+        }
+    }
+}
+
+/// One answer's tokens and timings.
+pub struct Answer {
+    pub prompt_tokens: usize,
+    pub tokens: Vec<u32>,
+    pub time_to_first_token: Duration,
+    pub total: Duration,
+}
+
+/// Greedy at temperature 0, else sampling with the temperature and seed; stops at EOS (not
+/// included) or after `max_new_tokens`.
+pub fn run(model: &mut dyn Vlm, request: &Request) -> Result<Answer, String> {
+    let start = Instant::now();
+    let params = &request.params;
+    let sampling = if params.temperature <= 0.0 {
+        Sampling::ArgMax
+    } else {
+        Sampling::All {
+            temperature: params.temperature,
+        }
+    };
+    let mut sampler = LogitsProcessor::from_sampling(params.seed.unwrap_or(299792458), sampling);
+    let prefill = model.prefill(request)?;
+    let mut logits = prefill.logits;
+    let mut tokens = Vec::new();
+    let mut first = None;
+    let eos = model.eos().to_vec();
+    while tokens.len() < params.max_new_tokens as usize {
+        let next = sampler
+            .sample(&logits)
+            .map_err(|e| format!("sampling failed: {e}"))?;
+        first.get_or_insert_with(|| start.elapsed());
+        if eos.contains(&next) {
+            break;
+        }
+        tokens.push(next);
+        if tokens.len() == params.max_new_tokens as usize {
+            break;
+        }
+        logits = model
+            .step(next)
+            .map_err(|e| format!("decoding failed: {e}"))?;
+    }
+    Ok(Answer {
+        prompt_tokens: prefill.prompt_tokens,
+        tokens,
+        time_to_first_token: first.unwrap_or_else(|| start.elapsed()),
+        total: start.elapsed(),
+    })
+}
+
+impl Backend for Candle {
+    fn generate(&self, request: &Request) -> Result<Generation, BackendError> {
+        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        let answer = run(model.as_mut(), request).map_err(BackendError)?;
+        let text = model
+            .tokenizer()
+            .decode(&answer.tokens, true)
+            .map_err(|e| BackendError(format!("cannot decode the answer's tokens: {e}")))?;
+        Ok(Generation {
+            text: text.trim().to_string(),
+            latency: answer.total,
+            prompt_tokens: Some(answer.prompt_tokens as u64),
+            completion_tokens: Some(answer.tokens.len() as u64),
+            time_to_first_token: Some(answer.time_to_first_token),
+            retries: 0,
+        })
+    }
+}

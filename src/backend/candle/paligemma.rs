@@ -1,0 +1,357 @@
+//! PaliGemma (transformers' `PaliGemmaForConditionalGeneration`), built from candle-transformers'
+//! `siglip` vision tower and `gemma` decoder.
+//!
+//! candle-transformers' own `paligemma::Model` L2-normalises the image features, which transformers
+//! does not do (it divides them by √hidden, which Gemma's embedding scale then undoes), so its
+//! logits differ from transformers'; this file assembles the same pieces the way transformers does.
+//!
+//! PaliGemma has no chat template: the processor builds
+//! `<image>×(N per image) <bos> PROMPT \n`, and the whole prefix attends both ways (prefix-LM),
+//! which is what a prefill without a causal mask computes. The prompt is the conversation's last
+//! user message (PaliGemma is not a chat model: earlier turns are not part of its prompt); every
+//! image of the conversation is shown.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::Linear;
+use candle_transformers::models::{gemma, siglip};
+use image::RgbImage;
+use serde::Deserialize;
+
+use super::{Prefill, Vlm, decode_image, generation_eos, load_tokenizer, read_json};
+use crate::backend::{Request, Role};
+use crate::resample::{Filter, resize};
+
+#[derive(Debug, Clone, Deserialize)]
+struct Config {
+    text_config: serde_json::Value,
+    vision_config: siglip::VisionConfig,
+    projection_dim: Option<usize>,
+    image_token_index: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Size {
+    height: usize,
+    width: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PreprocessorConfig {
+    #[serde(default = "yes")]
+    do_resize: bool,
+    #[serde(default = "yes")]
+    do_rescale: bool,
+    #[serde(default = "yes")]
+    do_normalize: bool,
+    #[serde(default = "d_rescale")]
+    rescale_factor: f64,
+    #[serde(default = "d_half")]
+    image_mean: Vec<f32>,
+    #[serde(default = "d_half")]
+    image_std: Vec<f32>,
+    #[serde(default = "d_resample")]
+    resample: u32,
+    size: Size,
+    image_seq_length: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn d_rescale() -> f64 {
+    1.0 / 255.0
+}
+fn d_half() -> Vec<f32> {
+    vec![0.5, 0.5, 0.5]
+}
+fn d_resample() -> u32 {
+    3
+}
+
+pub struct PaliGemma {
+    pre: PreprocessorConfig,
+    filter: Filter,
+    seq_len: usize,
+    tokenizer: tokenizers::Tokenizer,
+    vision: siglip::VisionModel,
+    proj: Linear,
+    text: gemma::Model,
+    hidden: usize,
+    image_token: u32,
+    bos: String,
+    eos: Vec<u32>,
+    pos: usize,
+    device: Device,
+    dtype: DType,
+}
+
+/// A prompt ready for the model.
+pub struct Encoded {
+    pub text: String,
+    pub ids: Vec<u32>,
+    /// `[images, 3, H, W]`.
+    pub pixels: Option<Tensor>,
+}
+
+impl PaliGemma {
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, String> {
+        let cfg: Config = read_json(dir, "config.json")?;
+        let mut tc = cfg.text_config.clone();
+        if let Some(o) = tc.as_object_mut() {
+            // transformers writes both; candle's Gemma wants one.
+            if o.contains_key("hidden_activation") {
+                o.remove("hidden_act");
+            }
+            if !o.contains_key("rope_theta") {
+                let theta = o
+                    .get("rope_parameters")
+                    .and_then(|p| p.get("rope_theta"))
+                    .cloned()
+                    .unwrap_or(serde_json::json!(10000.0));
+                o.insert("rope_theta".into(), theta);
+            }
+        }
+        let text_cfg: gemma::Config =
+            serde_json::from_value(tc).map_err(|e| format!("config.json: text_config: {e}"))?;
+        let pre: PreprocessorConfig = read_json(dir, "preprocessor_config.json")?;
+        let filter = Filter::from_pil(pre.resample).ok_or_else(|| {
+            format!(
+                "preprocessor_config.json: resample {} is not supported",
+                pre.resample
+            )
+        })?;
+        let v = &cfg.vision_config;
+        let patches = (v.image_size / v.patch_size.max(1)).pow(2);
+        let seq_len = pre.image_seq_length.unwrap_or(patches);
+        if seq_len != patches || pre.size.height != v.image_size || pre.size.width != v.image_size {
+            return Err(format!(
+                "preprocessor_config.json (size {}x{}, image_seq_length {seq_len}) does not match vision_config (image_size {}, {patches} patches)",
+                pre.size.width, pre.size.height, v.image_size
+            ));
+        }
+        let tokenizer = load_tokenizer(dir)?;
+        let image_token = cfg
+            .image_token_index
+            .or_else(|| tokenizer.token_to_id("<image>"))
+            .ok_or("neither config.json's image_token_index nor the tokenizer has <image>")?;
+        let bos = tokenizer
+            .id_to_token(2)
+            .filter(|t| t == "<bos>")
+            .unwrap_or_else(|| "<bos>".into());
+        let mut eos = generation_eos(dir)?;
+        if let Some(id) = tokenizer.token_to_id("<eos>")
+            && !eos.contains(&id)
+        {
+            eos.push(id);
+        }
+        let vb = super::var_builder(dir, dtype, device)?;
+        let weights = |e: candle_core::Error| {
+            format!(
+                "the weights in {} do not match config.json: {e}",
+                dir.display()
+            )
+        };
+        let vision = siglip::VisionModel::new(v, false, vb.pp("vision_tower.vision_model"))
+            .map_err(weights)?;
+        let proj = candle_nn::linear(
+            v.hidden_size,
+            cfg.projection_dim.unwrap_or(text_cfg.hidden_size),
+            vb.pp("multi_modal_projector.linear"),
+        )
+        .map_err(weights)?;
+        let text = gemma::Model::new(false, &text_cfg, vb.pp("language_model")).map_err(weights)?;
+        Ok(Self {
+            pre,
+            filter,
+            seq_len,
+            tokenizer,
+            vision,
+            proj,
+            text,
+            hidden: text_cfg.hidden_size,
+            image_token,
+            bos,
+            eos,
+            pos: 0,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Resizes to the model's square and normalises: `[3, H, W]` values.
+    pub fn pixels(&self, img: &RgbImage) -> Vec<f32> {
+        let (w, h) = (self.pre.size.width, self.pre.size.height);
+        let img = if self.pre.do_resize && img.dimensions() != (w as u32, h as u32) {
+            let px = resize(
+                img.as_raw(),
+                img.width() as usize,
+                img.height() as usize,
+                3,
+                w,
+                h,
+                self.filter,
+            );
+            RgbImage::from_raw(w as u32, h as u32, px).expect("resize returns w*h*3 bytes")
+        } else {
+            img.clone()
+        };
+        let mut out = Vec::with_capacity(3 * w * h);
+        for ch in 0..3 {
+            for p in img.pixels() {
+                let mut v = p.0[ch] as f32;
+                if self.pre.do_rescale {
+                    v = (p.0[ch] as f64 * self.pre.rescale_factor) as f32;
+                }
+                if self.pre.do_normalize {
+                    v = (v - self.pre.image_mean[ch]) / self.pre.image_std[ch];
+                }
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// The processor: image tokens, `<bos>`, the prompt and a newline.
+    pub fn encode(&self, prompt: &str, images: &[RgbImage]) -> Result<Encoded, String> {
+        let text = format!(
+            "{}{}{prompt}\n",
+            "<image>".repeat(self.seq_len * images.len()),
+            self.bos
+        );
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| format!("cannot tokenize the prompt: {e}"))?;
+        let pixels = if images.is_empty() {
+            None
+        } else {
+            let (w, h) = (self.pre.size.width, self.pre.size.height);
+            let data: Vec<f32> = images.iter().flat_map(|i| self.pixels(i)).collect();
+            Some(
+                Tensor::from_vec(data, (images.len(), 3, h, w), &self.device)
+                    .and_then(|t| t.to_dtype(self.dtype))
+                    .map_err(|e| format!("cannot build the pixel tensor: {e}"))?,
+            )
+        };
+        Ok(Encoded {
+            text,
+            ids: enc.get_ids().to_vec(),
+            pixels,
+        })
+    }
+
+    /// Runs an encoded prompt from an empty cache; returns the logits after it.
+    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor, String> {
+        self.text.clear_kv_cache();
+        let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
+        let n = enc.ids.len();
+        let ids = Tensor::new(enc.ids.as_slice(), &self.device).map_err(err)?;
+        let embeds = self.text.embed_tokens().forward(&ids).map_err(err)?;
+        let positions: Vec<usize> = enc
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == self.image_token)
+            .map(|(i, _)| i)
+            .collect();
+        let embeds = match &enc.pixels {
+            None if positions.is_empty() => embeds,
+            None => return Err("the prompt has <image> tokens but no image".into()),
+            Some(px) => {
+                // transformers divides by √hidden; Gemma multiplies every input embedding by it.
+                let feats = self
+                    .vision
+                    .forward(px)
+                    .and_then(|f| self.proj.forward(&f))
+                    .and_then(|f| f / (self.hidden as f64).sqrt())
+                    .map_err(err)?;
+                let (b, per, h) = feats.dims3().map_err(err)?;
+                if b * per != positions.len() {
+                    return Err(format!(
+                        "the prompt has {} <image> tokens for {} image features",
+                        positions.len(),
+                        b * per
+                    ));
+                }
+                // The image features, divided by √hidden here, are multiplied back by Gemma's
+                // embedding scale; text embeddings are scaled by it as transformers does.
+                let table = Tensor::cat(
+                    &[
+                        embeds.clone(),
+                        feats
+                            .reshape((b * per, h))
+                            .and_then(|f| f.to_dtype(embeds.dtype()))
+                            .map_err(err)?,
+                    ],
+                    0,
+                )
+                .map_err(err)?;
+                let mut index: Vec<u32> = (0..n as u32).collect();
+                for (k, &p) in positions.iter().enumerate() {
+                    index[p] = (n + k) as u32;
+                }
+                let index = Tensor::new(index.as_slice(), &self.device).map_err(err)?;
+                table.index_select(&index, 0).map_err(err)?
+            }
+        };
+        let logits = self
+            .text
+            .forward_embeds(&embeds.unsqueeze(0).map_err(err)?, None, 0)
+            .map_err(err)?;
+        self.pos = n;
+        logits
+            .flatten_all()
+            .and_then(|l| l.to_dtype(DType::F32))
+            .map_err(err)
+    }
+
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+}
+
+impl Vlm for PaliGemma {
+    fn prefill(&mut self, request: &Request) -> Result<Prefill, String> {
+        let prompt = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.text.clone())
+            .unwrap_or_default();
+        let images = request
+            .messages
+            .iter()
+            .flat_map(|m| m.images.iter())
+            .map(|i| decode_image(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        if images.is_empty() {
+            return Err(
+                "PaliGemma needs an image (declare the model with text_only = false)".into(),
+            );
+        }
+        let enc = self.encode(&prompt, &images)?;
+        let logits = self.prefill_encoded(&enc)?;
+        Ok(Prefill {
+            prompt_tokens: enc.ids.len(),
+            logits,
+        })
+    }
+
+    fn step(&mut self, token: u32) -> candle_core::Result<Tensor> {
+        let ids = Tensor::new(&[[token]], &self.device)?;
+        let logits = self.text.forward(&ids, self.pos)?;
+        self.pos += 1;
+        logits.i((0, 0))?.to_dtype(DType::F32)
+    }
+
+    fn eos(&self) -> &[u32] {
+        &self.eos
+    }
+
+    fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+}

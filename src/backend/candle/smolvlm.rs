@@ -1,0 +1,630 @@
+//! SmolVLM and SmolVLM2 (transformers' `Idefics3ForConditionalGeneration` and
+//! `SmolVLMForConditionalGeneration`): a SigLIP vision encoder (candle-transformers' `siglip`), a
+//! pixel-shuffle connector, and a Llama decoder fed with the text embeddings in which each
+//! `<image>` token is replaced by one connector output.
+//!
+//! The processor follows the repo's `preprocessor_config.json` and `processor_config.json` as
+//! transformers' `Idefics3ImageProcessor` / `Idefics3Processor` do: resize so the longest edge is
+//! `size.longest_edge` (Pillow-exact, see [`crate::resample`]); with `do_image_splitting`, resize up
+//! to multiples of `max_image_size.longest_edge`, cut into tiles and add the whole image resized to
+//! one tile as the global image; else resize to one square tile; rescale and normalise. Each
+//! `<image>` of the chat-templated prompt becomes
+//! `<fake_token_around_image><row_R_col_C><image>×N ...\n` per tile row, then
+//! `\n<fake_token_around_image><global-img><image>×N<fake_token_around_image>`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::Linear;
+use candle_transformers::models::siglip;
+use image::RgbImage;
+use serde::Deserialize;
+
+use super::llama::{Llama, LlamaConfig};
+use super::template::ChatTemplate;
+use super::{Prefill, Vlm, decode_image, generation_eos, load_tokenizer, read_json};
+use crate::backend::Request;
+use crate::resample::{Filter, resize};
+
+/// Idefics3/SmolVLM's `vision_config` (defaults: transformers' `Idefics3VisionConfig`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VisionConfig {
+    #[serde(default = "d_vhidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_vinter")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_vlayers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_vheads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "d_chans")]
+    pub num_channels: usize,
+    #[serde(default = "d_vimage")]
+    pub image_size: usize,
+    #[serde(default = "d_vpatch")]
+    pub patch_size: usize,
+    #[serde(default = "d_vact")]
+    pub hidden_act: String,
+    #[serde(default = "d_veps")]
+    pub layer_norm_eps: f64,
+}
+
+fn d_vhidden() -> usize {
+    1152
+}
+fn d_vinter() -> usize {
+    3072
+}
+fn d_vlayers() -> usize {
+    12
+}
+fn d_vheads() -> usize {
+    16
+}
+fn d_chans() -> usize {
+    3
+}
+fn d_vimage() -> usize {
+    224
+}
+fn d_vpatch() -> usize {
+    32
+}
+fn d_vact() -> String {
+    "gelu_pytorch_tanh".into()
+}
+fn d_veps() -> f64 {
+    1e-6
+}
+fn d_scale() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub text_config: LlamaConfig,
+    pub vision_config: VisionConfig,
+    #[serde(default = "d_scale")]
+    pub scale_factor: usize,
+    pub image_token_id: Option<u32>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct LongestEdge {
+    longest_edge: usize,
+}
+
+/// `preprocessor_config.json` (defaults: transformers' `Idefics3ImageProcessor`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PreprocessorConfig {
+    #[serde(default = "yes")]
+    pub do_convert_rgb: bool,
+    #[serde(default = "yes")]
+    pub do_resize: bool,
+    #[serde(default = "yes")]
+    pub do_image_splitting: bool,
+    #[serde(default = "yes")]
+    pub do_rescale: bool,
+    #[serde(default = "yes")]
+    pub do_normalize: bool,
+    #[serde(default = "d_rescale")]
+    pub rescale_factor: f64,
+    #[serde(default = "d_mean")]
+    pub image_mean: Vec<f32>,
+    #[serde(default = "d_mean")]
+    pub image_std: Vec<f32>,
+    #[serde(default = "d_resample")]
+    pub resample: u32,
+    #[serde(default = "d_size")]
+    size: LongestEdge,
+    #[serde(default = "d_max_size")]
+    max_image_size: LongestEdge,
+}
+
+fn yes() -> bool {
+    true
+}
+fn d_rescale() -> f64 {
+    1.0 / 255.0
+}
+fn d_mean() -> Vec<f32> {
+    vec![0.5, 0.5, 0.5]
+}
+fn d_resample() -> u32 {
+    1
+}
+fn d_size() -> LongestEdge {
+    LongestEdge {
+        longest_edge: 4 * 364,
+    }
+}
+fn d_max_size() -> LongestEdge {
+    LongestEdge { longest_edge: 364 }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+struct ProcessorConfig {
+    image_seq_len: Option<usize>,
+}
+
+/// Images larger than this on a side are scaled down first (transformers' `MAX_IMAGE_SIZE`).
+const MAX_IMAGE_SIZE: usize = 4096;
+
+/// The image processor and prompt expansion.
+pub struct Processor {
+    pub cfg: PreprocessorConfig,
+    filter: Filter,
+    pub image_seq_len: usize,
+}
+
+/// One image made ready for the vision encoder.
+pub struct ProcessedImage {
+    /// `[tiles, 3, S, S]` as f32 values, row-major: the tiles row by row, then the global image.
+    pub pixels: Vec<f32>,
+    pub tiles: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub side: usize,
+}
+
+/// `int()` of a positive f64, as Python truncates.
+fn trunc(x: f64) -> usize {
+    x.max(0.0) as usize
+}
+
+impl Processor {
+    pub fn new(cfg: PreprocessorConfig, image_seq_len: usize) -> Result<Self, String> {
+        let filter = Filter::from_pil(cfg.resample).ok_or_else(|| {
+            format!(
+                "preprocessor_config.json: resample {} is not supported (expected 1 LANCZOS, 2 BILINEAR, 3 BICUBIC or 4 BOX)",
+                cfg.resample
+            )
+        })?;
+        if cfg.image_mean.len() != 3 || cfg.image_std.len() != 3 {
+            return Err("preprocessor_config.json: image_mean and image_std need 3 values".into());
+        }
+        if cfg.max_image_size.longest_edge == 0 || cfg.size.longest_edge == 0 {
+            return Err("preprocessor_config.json: longest_edge must be at least 1".into());
+        }
+        Ok(Self {
+            cfg,
+            filter,
+            image_seq_len,
+        })
+    }
+
+    /// The size after resizing the longest edge to `max_len`, keeping the aspect ratio with even
+    /// sides, then capping at [`MAX_IMAGE_SIZE`] (transformers' `get_resize_output_image_size`).
+    fn longest_edge_size(h: usize, w: usize, max_len: usize) -> (usize, usize) {
+        let aspect = w as f64 / h as f64;
+        let (mut h, mut w) = if w >= h {
+            let mut h = trunc(max_len as f64 / aspect);
+            if h % 2 != 0 {
+                h += 1;
+            }
+            (h, max_len)
+        } else {
+            let mut w = trunc(max_len as f64 * aspect);
+            if w % 2 != 0 {
+                w += 1;
+            }
+            (max_len, w)
+        };
+        h = h.max(1);
+        w = w.max(1);
+        let aspect = w as f64 / h as f64;
+        if w >= h && w > MAX_IMAGE_SIZE {
+            w = MAX_IMAGE_SIZE;
+            h = trunc(w as f64 / aspect);
+        } else if h > w && h > MAX_IMAGE_SIZE {
+            h = MAX_IMAGE_SIZE;
+            w = trunc(h as f64 * aspect);
+        }
+        (h.max(1), w.max(1))
+    }
+
+    fn resized(&self, img: &RgbImage, w: usize, h: usize) -> RgbImage {
+        if (w as u32, h as u32) == img.dimensions() {
+            return img.clone();
+        }
+        let px = resize(
+            img.as_raw(),
+            img.width() as usize,
+            img.height() as usize,
+            3,
+            w,
+            h,
+            self.filter,
+        );
+        RgbImage::from_raw(w as u32, h as u32, px).expect("resize returns w*h*3 bytes")
+    }
+
+    /// Resizes, splits (unless `split` is false) and normalises one image.
+    pub fn process(&self, img: &RgbImage, split: Option<bool>) -> ProcessedImage {
+        let cfg = &self.cfg;
+        let tile = cfg.max_image_size.longest_edge;
+        let mut img = img.clone();
+        if cfg.do_resize {
+            let (h, w) = Self::longest_edge_size(
+                img.height() as usize,
+                img.width() as usize,
+                cfg.size.longest_edge,
+            );
+            img = self.resized(&img, w, h);
+        }
+        let mut frames = Vec::new();
+        let (mut rows, mut cols) = (0, 0);
+        if split.unwrap_or(cfg.do_image_splitting) {
+            // Up to multiples of the tile size (transformers' `resize_for_vision_encoder`).
+            let (h, w) = (img.height() as usize, img.width() as usize);
+            let aspect = w as f64 / h as f64;
+            let (h, w) = if w >= h {
+                let w = w.div_ceil(tile) * tile;
+                let h = trunc(w as f64 / aspect).div_ceil(tile) * tile;
+                (h, w)
+            } else {
+                let h = h.div_ceil(tile) * tile;
+                let w = trunc(h as f64 * aspect).div_ceil(tile) * tile;
+                (h, w)
+            };
+            img = self.resized(&img, w.max(tile), h.max(tile));
+            let (h, w) = (img.height() as usize, img.width() as usize);
+            if h > tile || w > tile {
+                rows = h.div_ceil(tile);
+                cols = w.div_ceil(tile);
+                let th = h.div_ceil(rows);
+                let tw = w.div_ceil(cols);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let (x0, y0) = (c * tw, r * th);
+                        let (x1, y1) = ((x0 + tw).min(w), (y0 + th).min(h));
+                        let crop = image::imageops::crop_imm(
+                            &img,
+                            x0 as u32,
+                            y0 as u32,
+                            (x1 - x0) as u32,
+                            (y1 - y0) as u32,
+                        )
+                        .to_image();
+                        frames.push(crop);
+                    }
+                }
+                img = self.resized(&img, tile, tile);
+            }
+            frames.push(img);
+        } else {
+            frames.push(self.resized(&img, tile, tile));
+        }
+        // Every frame is tile × tile here (the resize above makes the sides multiples of it).
+        let mut pixels = Vec::with_capacity(frames.len() * 3 * tile * tile);
+        for f in &frames {
+            let f = if f.dimensions() != (tile as u32, tile as u32) {
+                self.resized(f, tile, tile)
+            } else {
+                f.clone()
+            };
+            for ch in 0..3 {
+                for p in f.pixels() {
+                    let mut v = p.0[ch] as f32;
+                    if cfg.do_rescale {
+                        v = (p.0[ch] as f64 * cfg.rescale_factor) as f32;
+                    }
+                    if cfg.do_normalize {
+                        v = (v - cfg.image_mean[ch]) / cfg.image_std[ch];
+                    }
+                    pixels.push(v);
+                }
+            }
+        }
+        ProcessedImage {
+            pixels,
+            tiles: frames.len(),
+            rows,
+            cols,
+            side: tile,
+        }
+    }
+
+    /// The text that stands for one processed image in the prompt.
+    pub fn image_prompt(&self, p: &ProcessedImage) -> String {
+        let img = "<image>".repeat(self.image_seq_len);
+        let fake = "<fake_token_around_image>";
+        if p.rows == 0 && p.cols == 0 {
+            return format!("{fake}<global-img>{img}{fake}");
+        }
+        let mut s = String::new();
+        for r in 0..p.rows {
+            for c in 0..p.cols {
+                s.push_str(&format!("{fake}<row_{}_col_{}>{img}", r + 1, c + 1));
+            }
+            s.push('\n');
+        }
+        s.push_str(&format!("\n{fake}<global-img>{img}{fake}"));
+        s
+    }
+}
+
+/// A prompt ready for the model.
+pub struct Encoded {
+    pub text: String,
+    pub ids: Vec<u32>,
+    /// All images' tiles in prompt order, `[n, 3, S, S]`.
+    pub pixels: Option<Tensor>,
+}
+
+pub struct SmolVlm {
+    pub processor: Processor,
+    tokenizer: tokenizers::Tokenizer,
+    template: ChatTemplate,
+    vision: siglip::VisionModel,
+    proj: Linear,
+    scale: usize,
+    text: Llama,
+    image_token: u32,
+    eos: Vec<u32>,
+    device: Device,
+    dtype: DType,
+}
+
+impl SmolVlm {
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, String> {
+        let cfg: Config = read_json(dir, "config.json")?;
+        let mut text_cfg = cfg.text_config.clone();
+        text_cfg.tie_word_embeddings |= cfg.tie_word_embeddings;
+        text_cfg.check()?;
+        let pre: PreprocessorConfig = read_json(dir, "preprocessor_config.json")?;
+        let proc_cfg: ProcessorConfig = if dir.join("processor_config.json").is_file() {
+            read_json(dir, "processor_config.json")?
+        } else {
+            ProcessorConfig::default()
+        };
+        let v = &cfg.vision_config;
+        if v.image_size != pre.max_image_size.longest_edge {
+            return Err(format!(
+                "vision_config.image_size {} differs from preprocessor_config.json's max_image_size.longest_edge {}",
+                v.image_size, pre.max_image_size.longest_edge
+            ));
+        }
+        let patches = (v.image_size / v.patch_size.max(1)).pow(2);
+        let derived = patches / cfg.scale_factor.pow(2).max(1);
+        let image_seq_len = proc_cfg.image_seq_len.unwrap_or(derived);
+        if image_seq_len != derived {
+            return Err(format!(
+                "processor_config.json: image_seq_len {image_seq_len} differs from (image_size / patch_size)² / scale_factor² = {derived}"
+            ));
+        }
+        let processor = Processor::new(pre, image_seq_len)?;
+        let tokenizer = load_tokenizer(dir)?;
+        let template = ChatTemplate::load(dir)?;
+        let image_token = cfg
+            .image_token_id
+            .or_else(|| tokenizer.token_to_id("<image>"))
+            .ok_or("neither config.json's image_token_id nor the tokenizer has <image>")?;
+        let mut eos = generation_eos(dir)?;
+        for t in ["<end_of_utterance>", "<|im_end|>"] {
+            if let Some(id) = tokenizer.token_to_id(t)
+                && !eos.contains(&id)
+            {
+                eos.push(id);
+            }
+        }
+        let act: candle_nn::Activation = serde_json::from_value(serde_json::Value::String(
+            v.hidden_act.clone(),
+        ))
+        .map_err(|_| {
+            format!(
+                "vision_config.hidden_act `{}` is not supported",
+                v.hidden_act
+            )
+        })?;
+        let vcfg = siglip::VisionConfig {
+            hidden_size: v.hidden_size,
+            intermediate_size: v.intermediate_size,
+            num_hidden_layers: v.num_hidden_layers,
+            num_attention_heads: v.num_attention_heads,
+            num_channels: v.num_channels,
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+            hidden_act: act,
+            layer_norm_eps: v.layer_norm_eps,
+        };
+        let vb = super::var_builder(dir, dtype, device)?;
+        let weights = |e: candle_core::Error| {
+            format!(
+                "the weights in {} do not match config.json: {e}",
+                dir.display()
+            )
+        };
+        let vision =
+            siglip::VisionModel::new(&vcfg, false, vb.pp("model.vision_model")).map_err(weights)?;
+        let proj = candle_nn::linear_no_bias(
+            v.hidden_size * cfg.scale_factor.pow(2),
+            text_cfg.hidden_size,
+            vb.pp("model.connector.modality_projection.proj"),
+        )
+        .map_err(weights)?;
+        let text =
+            Llama::load(&text_cfg, vb.pp("model.text_model"), vb.pp("lm_head")).map_err(weights)?;
+        Ok(Self {
+            processor,
+            tokenizer,
+            template,
+            vision,
+            proj,
+            scale: cfg.scale_factor,
+            text,
+            image_token,
+            eos,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Expands each `<image>` of an already templated prompt and tokenizes it, as the processor
+    /// does (`split` overrides `do_image_splitting`).
+    pub fn encode(
+        &self,
+        prompt: &str,
+        images: &[RgbImage],
+        split: Option<bool>,
+    ) -> Result<Encoded, String> {
+        let pieces: Vec<&str> = prompt.split("<image>").collect();
+        if pieces.len() - 1 != images.len() {
+            return Err(format!(
+                "the prompt has {} <image> placeholders for {} images",
+                pieces.len() - 1,
+                images.len()
+            ));
+        }
+        let mut text = String::from(pieces[0]);
+        let mut pixels = Vec::new();
+        let mut tiles = 0;
+        for (img, rest) in images.iter().zip(&pieces[1..]) {
+            let p = self.processor.process(img, split);
+            text.push_str(&self.processor.image_prompt(&p));
+            text.push_str(rest);
+            tiles += p.tiles;
+            pixels.extend(p.pixels);
+        }
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| format!("cannot tokenize the prompt: {e}"))?;
+        let side = self.processor.cfg.max_image_size.longest_edge;
+        let pixels = if tiles == 0 {
+            None
+        } else {
+            Some(
+                Tensor::from_vec(pixels, (tiles, 3, side, side), &self.device)
+                    .and_then(|t| t.to_dtype(self.dtype))
+                    .map_err(|e| format!("cannot build the pixel tensor: {e}"))?,
+            )
+        };
+        Ok(Encoded {
+            text,
+            ids: enc.get_ids().to_vec(),
+            pixels,
+        })
+    }
+
+    /// The connector: pixel shuffle (`scale`² neighbouring patches into one vector) and the
+    /// projection into the text model's width.
+    fn connector(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, seq, d) = x.dims3()?;
+        let s = self.scale;
+        let side = (seq as f64).sqrt() as usize;
+        let x = x
+            .reshape((b, side, side / s, d * s))?
+            .permute((0, 2, 1, 3))?
+            .contiguous()?
+            .reshape((b, side / s, side / s, d * s * s))?
+            .permute((0, 2, 1, 3))?
+            .contiguous()?
+            .reshape((b, seq / (s * s), d * s * s))?;
+        self.proj.forward(&x)
+    }
+
+    /// Runs an encoded prompt from an empty cache; returns the logits after it.
+    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor, String> {
+        self.text.reset();
+        let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
+        let n = enc.ids.len();
+        let ids = Tensor::new(enc.ids.as_slice(), &self.device).map_err(err)?;
+        let embeds = self
+            .text
+            .embed(&ids.unsqueeze(0).map_err(err)?)
+            .map_err(err)?;
+        let image_positions: Vec<usize> = enc
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == self.image_token)
+            .map(|(i, _)| i)
+            .collect();
+        let embeds = match &enc.pixels {
+            None if image_positions.is_empty() => embeds,
+            None => {
+                return Err(format!(
+                    "the prompt has {} <image> tokens but no image",
+                    image_positions.len()
+                ));
+            }
+            Some(px) => {
+                let feats = self
+                    .vision
+                    .forward(px)
+                    .and_then(|f| self.connector(&f))
+                    .map_err(err)?;
+                let (tiles, per, h) = feats.dims3().map_err(err)?;
+                if tiles * per != image_positions.len() {
+                    return Err(format!(
+                        "the prompt has {} <image> tokens for {} image features",
+                        image_positions.len(),
+                        tiles * per
+                    ));
+                }
+                // Rows 0..n are the text embeddings, n.. the image features; each position
+                // takes its row.
+                let table = Tensor::cat(
+                    &[
+                        embeds.i(0).map_err(err)?,
+                        feats
+                            .reshape((tiles * per, h))
+                            .and_then(|f| f.to_dtype(embeds.dtype()))
+                            .map_err(err)?,
+                    ],
+                    0,
+                )
+                .map_err(err)?;
+                let mut index: Vec<u32> = (0..n as u32).collect();
+                for (k, &p) in image_positions.iter().enumerate() {
+                    index[p] = (n + k) as u32;
+                }
+                let index = Tensor::new(index.as_slice(), &self.device).map_err(err)?;
+                table
+                    .index_select(&index, 0)
+                    .and_then(|t| t.unsqueeze(0))
+                    .map_err(err)?
+            }
+        };
+        self.text.forward_embeds(&embeds).map_err(err)
+    }
+
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+}
+
+impl Vlm for SmolVlm {
+    fn prefill(&mut self, request: &Request) -> Result<Prefill, String> {
+        let prompt = self
+            .template
+            .render(&ChatTemplate::messages(request), true)?;
+        let images = request
+            .messages
+            .iter()
+            .flat_map(|m| m.images.iter())
+            .map(|i| decode_image(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let enc = self.encode(&prompt, &images, None)?;
+        let logits = self.prefill_encoded(&enc)?;
+        Ok(Prefill {
+            prompt_tokens: enc.ids.len(),
+            logits,
+        })
+    }
+
+    fn step(&mut self, token: u32) -> candle_core::Result<Tensor> {
+        self.text.forward_token(token)
+    }
+
+    fn eos(&self) -> &[u32] {
+        &self.eos
+    }
+
+    fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+}

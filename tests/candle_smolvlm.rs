@@ -1,0 +1,290 @@
+//! The in-process SmolVLM against transformers' own outputs on the tiny checkpoint in
+//! `tests/fixtures/smolvlm` (made by `tests/fixtures/make_fixtures.py`): the expanded prompt,
+//! token ids, pixel values, first-step logits (within 1e-3) and 8 greedy tokens (exactly), with
+//! image splitting on and off.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use serde_json::Value;
+use vlmtest::backend::candle::smolvlm::SmolVlm;
+use vlmtest::backend::candle::{self as cb, Vlm};
+use vlmtest::backend::{Message, Request, Role};
+use vlmtest::config::GenParams;
+use vlmtest::config::image::{Image, ImageCache};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn golden() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("smolvlm/golden.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn model() -> SmolVlm {
+    SmolVlm::load(&fixtures().join("smolvlm"), DType::F32, &Device::Cpu).unwrap()
+}
+
+fn image(rel: &str) -> Arc<Image> {
+    ImageCache::default().get(&fixtures(), rel).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// The question of a golden prompt (`...User:<image>QUESTION<end_of_utterance>...`).
+fn question(prompt: &str) -> String {
+    let start = prompt.find("<image>").unwrap() + "<image>".len();
+    let end = prompt.find("<end_of_utterance>").unwrap();
+    prompt[start..end].to_string()
+}
+
+fn request(img: Arc<Image>, text: &str, max_new_tokens: u32) -> Request {
+    Request {
+        messages: vec![Message {
+            role: Role::User,
+            text: text.into(),
+            images: vec![img],
+        }],
+        params: GenParams {
+            max_new_tokens,
+            temperature: 0.0,
+            seed: None,
+            system_prompt: None,
+        },
+    }
+}
+
+fn greedy(m: &mut SmolVlm, first: candle_core::Tensor, n: usize) -> Vec<u32> {
+    let mut logits = first;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        out.push(t);
+        logits = m.step(t).unwrap();
+    }
+    out
+}
+
+#[test]
+fn reproduces_transformers_token_for_token() {
+    let g = golden();
+    let mut m = model();
+    let cases = g["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for (i, case) in cases.iter().enumerate() {
+        let split = case["processor_kwargs"]
+            .get("do_image_splitting")
+            .and_then(|v| v.as_bool());
+        let img = image(case["image"].as_str().unwrap());
+        let rgb = cb::decode_image(&img).unwrap();
+        let prompt = case["prompt"].as_str().unwrap();
+        let enc = m.encode(prompt, &[rgb], split).unwrap();
+        assert_eq!(
+            enc.text,
+            case["expanded_text"].as_str().unwrap(),
+            "case {i}"
+        );
+        assert_eq!(enc.ids, ids(&case["input_ids"]), "case {i}: input ids");
+
+        let px = enc.pixels.as_ref().unwrap();
+        let shape: Vec<usize> = floats(&case["pixel_values"]["shape"])
+            .iter()
+            .map(|x| *x as usize)
+            .collect();
+        assert_eq!(px.dims(), &shape[1..], "case {i}: pixel shape");
+        let flat: Vec<f32> = px.flatten_all().unwrap().to_vec1().unwrap();
+        let first = floats(&case["pixel_values"]["first_values"]);
+        for (a, b) in flat.iter().zip(&first) {
+            assert!((*a as f64 - b).abs() < 1e-6, "case {i}: pixel {a} vs {b}");
+        }
+        let per = flat.len() / shape[1];
+        for (k, want) in floats(&case["pixel_values"]["per_image_sum"])
+            .iter()
+            .enumerate()
+        {
+            let got: f64 = flat[k * per..(k + 1) * per].iter().map(|v| *v as f64).sum();
+            assert!(
+                (got - want).abs() < 1e-3,
+                "case {i} tile {k}: sum {got} vs {want}"
+            );
+        }
+
+        let logits = m.prefill_encoded(&enc).unwrap();
+        let got: Vec<f32> = logits.to_vec1().unwrap();
+        let want = floats(&case["last_logits"]);
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("case {i}: {} ids, largest logit difference {worst:.2e}", enc.ids.len());
+        assert!(worst < 1e-3, "case {i}: logits differ by up to {worst}");
+
+        let tokens = greedy(&mut m, logits, 8);
+        assert_eq!(tokens, ids(&case["greedy_new_ids"]), "case {i}: greedy ids");
+    }
+}
+
+#[test]
+fn the_chat_template_and_generation_loop_give_the_same_tokens() {
+    let g = golden();
+    let mut m = model();
+    for case in g["cases"].as_array().unwrap() {
+        if case["processor_kwargs"].get("do_image_splitting").is_some() {
+            continue; // the backend uses the repo's settings
+        }
+        let prompt = case["prompt"].as_str().unwrap();
+        let req = request(image(case["image"].as_str().unwrap()), &question(prompt), 8);
+        let answer = cb::run(&mut m, &req).unwrap();
+        assert_eq!(answer.tokens, ids(&case["greedy_new_ids"]));
+        assert_eq!(
+            answer.prompt_tokens as u64,
+            case["num_input_ids"].as_u64().unwrap()
+        );
+    }
+}
+
+#[test]
+fn the_cache_starts_empty_for_every_request() {
+    let mut m = model();
+    let a = request(
+        image("images/gradient_96x64.png"),
+        "What color is the square?",
+        6,
+    );
+    let b = request(
+        image("images/shapes_80x80.png"),
+        "Can you describe this image?",
+        6,
+    );
+    let first = cb::run(&mut m, &a).unwrap().tokens;
+    let other = cb::run(&mut m, &b).unwrap().tokens;
+    let again = cb::run(&mut m, &a).unwrap().tokens;
+    assert_eq!(first, again, "an earlier request leaked into a later one");
+    assert_ne!(
+        first, other,
+        "different images and questions gave the same answer"
+    );
+}
+
+#[test]
+fn sampling_is_seeded_and_text_only_prompts_work() {
+    let mut m = model();
+    let mut req = request(image("images/shapes_80x80.png"), "Describe it.", 8);
+    req.params.temperature = 1.5;
+    req.params.seed = Some(7);
+    let a = cb::run(&mut m, &req).unwrap().tokens;
+    let b = cb::run(&mut m, &req).unwrap().tokens;
+    assert_eq!(a, b, "the same seed must give the same sample");
+    req.params.seed = Some(8);
+    let c = cb::run(&mut m, &req).unwrap().tokens;
+    req.params.temperature = 0.0;
+    let greedy = cb::run(&mut m, &req).unwrap().tokens;
+    assert!(
+        a != greedy || c != greedy,
+        "sampling at 1.5 never left the greedy path"
+    );
+
+    let text_only = Request {
+        messages: vec![Message {
+            role: Role::User,
+            text: "What is two plus two?".into(),
+            images: vec![],
+        }],
+        params: req.params.clone(),
+    };
+    let t = cb::run(&mut m, &text_only).unwrap();
+    assert_eq!(t.tokens.len(), 8);
+    assert!(t.prompt_tokens > 5);
+}
+
+#[test]
+fn multi_turn_conversations_keep_their_images_and_history() {
+    let mut m = model();
+    let img = image("images/shapes_80x80.png");
+    let mut req = request(img.clone(), "What shapes are there?", 4);
+    let first = cb::run(&mut m, &req).unwrap();
+    req.messages.push(Message {
+        role: Role::Assistant,
+        text: "A square and a circle.".into(),
+        images: vec![],
+    });
+    req.messages.push(Message {
+        role: Role::User,
+        text: "And their colours?".into(),
+        images: vec![],
+    });
+    let second = cb::run(&mut m, &req).unwrap();
+    // The whole conversation, image tokens included, is in the second prompt.
+    assert!(second.prompt_tokens > first.prompt_tokens + 10);
+    let tokenizer = m.tokenizer().clone();
+    let tmpl = vlmtest::backend::candle::template::ChatTemplate::load(&fixtures().join("smolvlm"))
+        .unwrap();
+    let text = tmpl
+        .render(
+            &vlmtest::backend::candle::template::ChatTemplate::messages(&req),
+            true,
+        )
+        .unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>User:<image>What shapes are there?<end_of_utterance>\n\
+         Assistant: A square and a circle.<end_of_utterance>\n\
+         User: And their colours?<end_of_utterance>\nAssistant:"
+    );
+    assert!(tokenizer.token_to_id("<image>").is_some());
+}
+
+#[test]
+fn a_broken_checkpoint_is_an_error_not_a_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let src = fixtures().join("smolvlm");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), t.path().join(e.file_name())).unwrap();
+    }
+    // A config whose text model is wider than the weights.
+    let cfg = std::fs::read_to_string(t.path().join("config.json")).unwrap();
+    std::fs::write(
+        t.path().join("config.json"),
+        cfg.replace(
+            "\"intermediate_size\": 128,\n    \"max_position",
+            "\"intermediate_size\": 256,\n    \"max_position",
+        ),
+    )
+    .unwrap();
+    let err = SmolVlm::load(t.path(), DType::F32, &Device::Cpu)
+        .err()
+        .expect("a mismatched config must not load");
+    assert!(err.contains("do not match config.json"), "{err}");
+
+    std::fs::write(t.path().join("config.json"), "{\"text_config\": 3}").unwrap();
+    let err = SmolVlm::load(t.path(), DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.contains("config.json:1"), "{err}");
+
+    std::fs::remove_file(t.path().join("model.safetensors")).unwrap();
+    std::fs::copy(src.join("config.json"), t.path().join("config.json")).unwrap();
+    let err = SmolVlm::load(t.path(), DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
