@@ -4,6 +4,7 @@
 
 pub mod hub;
 pub mod llama;
+pub mod llava_next;
 pub mod paligemma;
 pub mod smolvlm;
 pub mod template;
@@ -38,7 +39,7 @@ pub trait Vlm: Send {
 }
 
 /// The architectures `arch` may name.
-pub const ARCHES: &[&str] = &["smolvlm", "paligemma"];
+pub const ARCHES: &[&str] = &["smolvlm", "llava-next", "paligemma"];
 
 /// Whether an architecture can answer without an image (the default of `text_only`).
 pub fn arch_answers_text_only(arch: &str) -> bool {
@@ -200,6 +201,10 @@ impl Candle {
         let model: Box<dyn Vlm> = match spec.arch.as_str() {
             "smolvlm" => Box::new(
                 smolvlm::SmolVlm::load(&dir, dtype, &device)
+                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
+            ),
+            "llava-next" => Box::new(
+                llava_next::LlavaNext::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
             "paligemma" => Box::new(
