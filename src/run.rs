@@ -251,6 +251,8 @@ impl Run {
                 latency_ms: 0.0,
                 prompt_tokens: None,
                 completion_tokens: None,
+                time_to_first_token_ms: None,
+                tokens_per_second: None,
                 retries: 0,
             };
             let generation = backend.generate(&request);
@@ -270,6 +272,15 @@ impl Run {
             tr.prompt_tokens = g.prompt_tokens;
             tr.completion_tokens = g.completion_tokens;
             tr.retries = g.retries;
+            if let Some(ttft) = g.time_to_first_token {
+                tr.time_to_first_token_ms = Some(ttft.as_secs_f64() * 1000.0);
+                let decode = g.latency.saturating_sub(ttft).as_secs_f64();
+                if let Some(n) = g.completion_tokens.filter(|n| *n > 1)
+                    && decode > 0.0
+                {
+                    tr.tokens_per_second = Some((n - 1) as f64 / decode);
+                }
+            }
             if let Some(rule) = &turn.rule {
                 let s = rule.score(&answer);
                 tr.score = Some(s);

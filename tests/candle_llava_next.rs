@@ -59,7 +59,11 @@ fn reproduces_transformers_token_for_token() {
             },
         };
         let a = cb::run(&mut m, &req).unwrap();
-        assert_eq!(a.tokens, ids(&case["greedy_new_ids"]), "{what}: via the template");
+        assert_eq!(
+            a.tokens,
+            ids(&case["greedy_new_ids"]),
+            "{what}: via the template"
+        );
     }
 }
 

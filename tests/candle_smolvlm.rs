@@ -134,7 +134,10 @@ fn reproduces_transformers_token_for_token() {
             .zip(&want)
             .map(|(a, b)| (*a as f64 - b).abs())
             .fold(0.0, f64::max);
-        eprintln!("case {i}: {} ids, largest logit difference {worst:.2e}", enc.ids.len());
+        eprintln!(
+            "case {i}: {} ids, largest logit difference {worst:.2e}",
+            enc.ids.len()
+        );
         assert!(worst < 1e-3, "case {i}: logits differ by up to {worst}");
 
         let tokens = greedy(&mut m, logits, 8);

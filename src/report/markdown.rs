@@ -85,6 +85,39 @@ fn avg_s(m: &ModelReport) -> Option<f64> {
     m.summary.mean_latency_ms.map(|ms| ms / 1000.0)
 }
 
+/// Per model, from the turns that recorded them: mean prompt tokens, mean time to first token,
+/// mean decoding speed, and the highest memory seen while the model was loaded. Only models with
+/// timing detail (in-process ones) get a row.
+fn speed_rows(report: &Report) -> Vec<[String; 5]> {
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let mut rows = Vec::new();
+    for m in &report.models {
+        let turns = report
+            .cases
+            .iter()
+            .filter(|c| c.model == m.name)
+            .flat_map(|c| c.turns.iter());
+        let (mut prompt, mut ttft, mut tps) = (Vec::new(), Vec::new(), Vec::new());
+        for t in turns {
+            prompt.extend(t.prompt_tokens.map(|n| n as f64));
+            ttft.extend(t.time_to_first_token_ms.map(|ms| ms / 1000.0));
+            tps.extend(t.tokens_per_second);
+        }
+        if ttft.is_empty() {
+            continue;
+        }
+        let f = |x: Option<f64>, d: usize| x.map_or("–".into(), |v| format!("{v:.d$}"));
+        rows.push([
+            m.name.clone(),
+            f(mean(&prompt), 0),
+            f(mean(&ttft), 3),
+            f(mean(&tps), 1),
+            f(m.peak_memory_bytes.map(|b| b as f64 / GB), 2),
+        ]);
+    }
+    rows
+}
+
 /// Renders the summary of a report as Markdown.
 pub fn render(report: &Report) -> String {
     let mut s = String::new();
@@ -126,6 +159,19 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(s, "|{}", "---|".repeat(SUMMARY_HEADER.len()));
     for row in summary_rows(report) {
         let _ = writeln!(s, "| {} |", row.join(" | "));
+    }
+
+    let speed = speed_rows(report);
+    if !speed.is_empty() {
+        let _ = writeln!(s, "\n## Speed and memory\n");
+        let _ = writeln!(
+            s,
+            "| Model | Prompt tokens (mean) | Time to first token (s) | Decode (tokens/s) | Peak memory (GB) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for row in speed {
+            let _ = writeln!(s, "| {} |", row.join(" | "));
+        }
     }
 
     if report.models.len() > 1 {

@@ -43,17 +43,31 @@ pub fn check_pixels(case: &Value, px: &candle_core::Tensor, what: &str) {
         .map(|x| *x as usize)
         .collect();
     let dims = px.dims();
-    assert_eq!(&dims[dims.len() - 3..], &shape[shape.len() - 3..], "{what}: pixel shape");
+    assert_eq!(
+        &dims[dims.len() - 3..],
+        &shape[shape.len() - 3..],
+        "{what}: pixel shape"
+    );
     let flat: Vec<f32> = px.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(flat.len(), shape.iter().product::<usize>(), "{what}: pixel count");
-    for (a, b) in flat.iter().zip(&floats(&case["pixel_values"]["first_values"])) {
+    assert_eq!(
+        flat.len(),
+        shape.iter().product::<usize>(),
+        "{what}: pixel count"
+    );
+    for (a, b) in flat
+        .iter()
+        .zip(&floats(&case["pixel_values"]["first_values"]))
+    {
         assert!((*a as f64 - b).abs() < 1e-6, "{what}: pixel {a} vs {b}");
     }
     let sums = floats(&case["pixel_values"]["per_image_sum"]);
     let per = flat.len() / sums.len();
     for (k, want) in sums.iter().enumerate() {
         let got: f64 = flat[k * per..(k + 1) * per].iter().map(|v| *v as f64).sum();
-        assert!((got - want).abs() < 1e-3, "{what} image {k}: sum {got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-3,
+            "{what} image {k}: sum {got} vs {want}"
+        );
     }
 }
 

@@ -304,10 +304,13 @@ impl LlavaNext {
         };
         let vb = super::var_builder(dir, dtype, device)?;
         let weights = |e: candle_core::Error| {
-            format!("the weights in {} do not match config.json: {e}", dir.display())
+            format!(
+                "the weights in {} do not match config.json: {e}",
+                dir.display()
+            )
         };
-        let vision =
-            ClipVisionTransformer::new(vb.pp("vision_tower.vision_model"), &clip).map_err(weights)?;
+        let vision = ClipVisionTransformer::new(vb.pp("vision_tower.vision_model"), &clip)
+            .map_err(weights)?;
         let h = text_cfg.hidden_size;
         let lin = |i, o, name: &str| {
             if cfg.multimodal_projector_bias {
@@ -379,9 +382,15 @@ impl LlavaNext {
             // shortest edge to `resize_to`, keeping the aspect ratio.
             let (w, h) = (img.width() as usize, img.height() as usize);
             let (nw, nh) = if w <= h {
-                (self.resize_to, (self.resize_to as f64 * h as f64 / w as f64) as usize)
+                (
+                    self.resize_to,
+                    (self.resize_to as f64 * h as f64 / w as f64) as usize,
+                )
             } else {
-                ((self.resize_to as f64 * w as f64 / h as f64) as usize, self.resize_to)
+                (
+                    (self.resize_to as f64 * w as f64 / h as f64) as usize,
+                    self.resize_to,
+                )
             };
             img = self.resized(&img, nw, nh);
         }
@@ -496,7 +505,11 @@ impl LlavaNext {
             f = f.i((.., 1..))?;
         }
         let f = self.proj1.forward(&f)?;
-        let f = if self.gelu_exact { f.gelu_erf()? } else { f.gelu()? };
+        let f = if self.gelu_exact {
+            f.gelu_erf()?
+        } else {
+            f.gelu()?
+        };
         let f = self.proj2.forward(&f)?; // [count, n, h]
         let base = f.i(0)?;
         if p.count == 1 {
