@@ -1,0 +1,242 @@
+//! candle vs PyTorch eager on the full-size SmolVLM-256M-Instruct architecture (random weights),
+//! CPU, f32, 2 threads each, same image and question, 16 forced new tokens: time per answer
+//! (median of the timed runs after a warm-up), prefill and decode speed, and peak memory, each
+//! engine in its own process. See bench/README.md.
+//!
+//! `cargo bench --bench smolvlm` (needs python3 with torch and transformers; see bench/README.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use serde_json::{Value, json};
+use vlmtest::backend::candle::Vlm;
+use vlmtest::backend::candle::smolvlm::SmolVlm;
+use vlmtest::backend::{Message, Request, Role};
+use vlmtest::config::GenParams;
+use vlmtest::config::image::ImageCache;
+
+const NEW_TOKENS: usize = 16;
+const QUESTION: &str = "What animal is in the picture?";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_maxrss as f64 / 1024.0
+}
+
+fn rss_mib() -> f64 {
+    vlmtest::report::machine::process_rss().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+}
+
+/// The candle half, in a process of its own: prints one JSON object.
+fn candle_child(dir: &Path, image: &str, runs: usize) {
+    let t = Instant::now();
+    let mut m = SmolVlm::load(dir, DType::F32, &Device::Cpu).expect("load");
+    let load_s = t.elapsed().as_secs_f64();
+    let rss_after_load = rss_mib();
+    let img = ImageCache::default()
+        .get(&root(), image)
+        .expect("the benchmark image");
+    let req = Request {
+        messages: vec![Message {
+            role: Role::User,
+            text: QUESTION.into(),
+            images: vec![Arc::clone(&img)],
+        }],
+        params: GenParams {
+            max_new_tokens: NEW_TOKENS as u32,
+            temperature: 0.0,
+            seed: None,
+            system_prompt: None,
+        },
+    };
+    let mut totals = Vec::new();
+    let mut firsts = Vec::new();
+    let mut decodes = Vec::new();
+    let mut tokens = Vec::new();
+    let mut prompt_tokens = 0;
+    for run in 0..=runs {
+        let start = Instant::now();
+        // 16 forced tokens: greedy, EOS not honoured.
+        let p = m.prefill(&req).expect("prefill");
+        prompt_tokens = p.prompt_tokens;
+        let mut logits = p.logits;
+        let mut ids = Vec::new();
+        let mut first = 0.0;
+        for i in 0..NEW_TOKENS {
+            let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+            ids.push(next);
+            if i == 0 {
+                first = start.elapsed().as_secs_f64();
+            }
+            if i + 1 < NEW_TOKENS {
+                logits = m.step(next).expect("step");
+            }
+        }
+        let total = start.elapsed().as_secs_f64();
+        eprintln!(
+            "candle {}: {total:.2} s (first token {first:.2} s)",
+            if run == 0 { "warm-up".to_string() } else { format!("run {run}") }
+        );
+        if run > 0 {
+            totals.push(total);
+            firsts.push(first);
+            decodes.push((NEW_TOKENS - 1) as f64 / (total - first));
+        }
+        tokens = ids;
+    }
+    let out = json!({
+        "engine": "candle",
+        "threads": candle_core::utils::get_num_threads(),
+        "load_s": load_s,
+        "prompt_tokens": prompt_tokens,
+        "new_token_ids": tokens,
+        "answer_total_s": {"median": median(&totals), "all": totals},
+        "first_token_s": {"median": median(&firsts), "all": firsts},
+        "decode_tokens_per_s": {"median": median(&decodes), "all": decodes},
+        "rss_after_load_mib": rss_after_load,
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    println!("{out}");
+}
+
+fn run_json(cmd: &mut Command, what: &str) -> Value {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        panic!("{what} failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| panic!("{what} printed no JSON:\n{text}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: bad JSON ({e}): {line}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::env::var("VLMTEST_BENCH_SMOLVLM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target/bench/smolvlm-256m-random"));
+    let image = std::env::var("VLMTEST_BENCH_IMAGE")
+        .unwrap_or_else(|_| "suites/images/chelsea.png".into());
+    let runs: usize = std::env::var("VLMTEST_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    if std::env::var("VLMTEST_BENCH_CHILD").as_deref() == Ok("candle") {
+        candle_child(&dir, &image, runs);
+        return;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        eprintln!("smolvlm bench: run it with `cargo bench --bench smolvlm` (needs python3, torch, transformers)");
+        return;
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = root().join("bench/smolvlm_torch.py");
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!("making the random full-size checkpoint in {}", dir.display());
+        let ok = Command::new(&python)
+            .arg(&script)
+            .args(["make", "--out"])
+            .arg(&dir)
+            .current_dir(root())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "`{python} bench/smolvlm_torch.py make` failed");
+    }
+    let checkpoint = std::fs::metadata(dir.join("model.safetensors"))
+        .map(|m| m.len())
+        .unwrap_or(0) as f64
+        / (1024.0 * 1024.0);
+
+    eprintln!("PyTorch eager, 2 threads ...");
+    let torch = run_json(
+        Command::new(&python)
+            .arg(&script)
+            .args(["time", "--threads", "2", "--runs", &runs.to_string(), "--dir"])
+            .arg(&dir)
+            .args(["--image", &image])
+            .current_dir(root())
+            .env("OMP_NUM_THREADS", "2"),
+        "the PyTorch half",
+    );
+    eprintln!("candle, 2 threads ...");
+    let candle = run_json(
+        Command::new(&args[0])
+            .env("VLMTEST_BENCH_CHILD", "candle")
+            .env("RAYON_NUM_THREADS", "2")
+            .env("VLMTEST_BENCH_RUNS", runs.to_string()),
+        "the candle half",
+    );
+
+    let f = |v: &Value, k: &str| v[k]["median"].as_f64().unwrap_or(f64::NAN);
+    let (ct, tt) = (f(&candle, "answer_total_s"), f(&torch, "model_s"));
+    let tt_all = f(&torch, "answer_total_s");
+    let (cf, tf) = (f(&candle, "first_token_s"), f(&torch, "first_token_s"));
+    let (cd, td) = (
+        f(&candle, "decode_tokens_per_s"),
+        f(&torch, "decode_tokens_per_s"),
+    );
+    let cm = candle["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+    let tm = torch["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+    let prompt = candle["prompt_tokens"].as_f64().unwrap_or(f64::NAN);
+    let same = candle["new_token_ids"] == torch["new_token_ids"];
+    println!("\nSmolVLM-256M architecture, random weights, f32, CPU, 2 threads, {runs} runs after a warm-up, 16 new tokens");
+    println!("image {image}; {prompt} prompt tokens; checkpoint {checkpoint:.0} MiB\n");
+    println!("| | candle | PyTorch eager | candle / PyTorch |");
+    println!("|---|---|---|---|");
+    println!(
+        "| time per answer, preprocessing included (s) | {ct:.2} | {tt_all:.2} | {:.2}× |",
+        ct / tt_all
+    );
+    println!("| time per answer, model only (PyTorch) (s) | | {tt:.2} | {:.2}× |", ct / tt);
+    println!("| time to first token (s) | {cf:.2} | {tf:.2} | {:.2}× |", cf / tf);
+    println!(
+        "| prefill (tokens/s) | {:.0} | {:.0} | {:.2}× |",
+        prompt / cf,
+        prompt / tf,
+        tf / cf
+    );
+    println!("| decode (tokens/s) | {cd:.2} | {td:.2} | {:.2}× |", cd / td);
+    println!(
+        "| peak memory (MiB) | {cm:.0} | {tm:.0} | {:.2}× |",
+        cm / tm
+    );
+    println!(
+        "| peak memory / checkpoint size | {:.2}× | {:.2}× | |",
+        cm / checkpoint,
+        tm / checkpoint
+    );
+    println!(
+        "\nsame 16 greedy tokens as PyTorch: {}",
+        if same { "yes" } else { "NO" }
+    );
+    let all = json!({"candle": candle, "torch": torch, "checkpoint_mib": checkpoint, "same_tokens": same});
+    let path = root().join("target/bench-smolvlm.json");
+    let _ = std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap());
+    println!("(all runs: {})", path.display());
+}
