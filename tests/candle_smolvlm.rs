@@ -3,48 +3,21 @@
 //! token ids, pixel values, first-step logits (within 1e-3) and 8 greedy tokens (exactly), with
 //! image splitting on and off.
 
-use std::path::{Path, PathBuf};
+#[path = "common/golden.rs"]
+mod golden;
+
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use serde_json::Value;
+use golden::*;
 use vlmtest::backend::candle::smolvlm::SmolVlm;
 use vlmtest::backend::candle::{self as cb, Vlm};
 use vlmtest::backend::{Message, Request, Role};
 use vlmtest::config::GenParams;
-use vlmtest::config::image::{Image, ImageCache};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn golden() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("smolvlm/golden.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
+use vlmtest::config::image::Image;
 
 fn model() -> SmolVlm {
     SmolVlm::load(&fixtures().join("smolvlm"), DType::F32, &Device::Cpu).unwrap()
-}
-
-fn image(rel: &str) -> Arc<Image> {
-    ImageCache::default().get(&fixtures(), rel).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 /// The question of a golden prompt (`...User:<image>QUESTION<end_of_utterance>...`).
@@ -70,84 +43,33 @@ fn request(img: Arc<Image>, text: &str, max_new_tokens: u32) -> Request {
     }
 }
 
-fn greedy(m: &mut SmolVlm, first: candle_core::Tensor, n: usize) -> Vec<u32> {
-    let mut logits = first;
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let t = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
-        out.push(t);
-        logits = m.step(t).unwrap();
-    }
-    out
-}
-
 #[test]
 fn reproduces_transformers_token_for_token() {
-    let g = golden();
+    let g = golden("smolvlm");
     let mut m = model();
     let cases = g["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 5);
     for (i, case) in cases.iter().enumerate() {
+        let what = format!("smolvlm case {i}");
         let split = case["processor_kwargs"]
             .get("do_image_splitting")
             .and_then(|v| v.as_bool());
         let img = image(case["image"].as_str().unwrap());
         let rgb = cb::decode_image(&img).unwrap();
-        let prompt = case["prompt"].as_str().unwrap();
-        let enc = m.encode(prompt, &[rgb], split).unwrap();
-        assert_eq!(
-            enc.text,
-            case["expanded_text"].as_str().unwrap(),
-            "case {i}"
-        );
-        assert_eq!(enc.ids, ids(&case["input_ids"]), "case {i}: input ids");
-
-        let px = enc.pixels.as_ref().unwrap();
-        let shape: Vec<usize> = floats(&case["pixel_values"]["shape"])
-            .iter()
-            .map(|x| *x as usize)
-            .collect();
-        assert_eq!(px.dims(), &shape[1..], "case {i}: pixel shape");
-        let flat: Vec<f32> = px.flatten_all().unwrap().to_vec1().unwrap();
-        let first = floats(&case["pixel_values"]["first_values"]);
-        for (a, b) in flat.iter().zip(&first) {
-            assert!((*a as f64 - b).abs() < 1e-6, "case {i}: pixel {a} vs {b}");
-        }
-        let per = flat.len() / shape[1];
-        for (k, want) in floats(&case["pixel_values"]["per_image_sum"])
-            .iter()
-            .enumerate()
-        {
-            let got: f64 = flat[k * per..(k + 1) * per].iter().map(|v| *v as f64).sum();
-            assert!(
-                (got - want).abs() < 1e-3,
-                "case {i} tile {k}: sum {got} vs {want}"
-            );
-        }
-
+        let enc = m.encode(case["prompt"].as_str().unwrap(), &[rgb], split).unwrap();
+        assert_eq!(enc.text, case["expanded_text"].as_str().unwrap(), "{what}");
+        assert_eq!(enc.ids, ids(&case["input_ids"]), "{what}: input ids");
+        check_pixels(case, enc.pixels.as_ref().unwrap(), &what);
         let logits = m.prefill_encoded(&enc).unwrap();
-        let got: Vec<f32> = logits.to_vec1().unwrap();
-        let want = floats(&case["last_logits"]);
-        assert_eq!(got.len(), want.len());
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (*a as f64 - b).abs())
-            .fold(0.0, f64::max);
-        eprintln!(
-            "case {i}: {} ids, largest logit difference {worst:.2e}",
-            enc.ids.len()
-        );
-        assert!(worst < 1e-3, "case {i}: logits differ by up to {worst}");
-
-        let tokens = greedy(&mut m, logits, 8);
-        assert_eq!(tokens, ids(&case["greedy_new_ids"]), "case {i}: greedy ids");
+        check_logits(case, &logits, &what);
+        let tokens = greedy(logits, 8, |t| m.step(t).unwrap());
+        assert_eq!(tokens, ids(&case["greedy_new_ids"]), "{what}: greedy ids");
     }
 }
 
 #[test]
 fn the_chat_template_and_generation_loop_give_the_same_tokens() {
-    let g = golden();
+    let g = golden("smolvlm");
     let mut m = model();
     for case in g["cases"].as_array().unwrap() {
         if case["processor_kwargs"].get("do_image_splitting").is_some() {

@@ -1,5 +1,7 @@
 //! Reading `tests/fixtures/*/golden.json` (made by `tests/fixtures/make_fixtures.py`).
 
+#![allow(dead_code)] // each test file uses a different part
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -5,6 +5,7 @@
 pub mod hub;
 pub mod llama;
 pub mod llava_next;
+pub mod moondream;
 pub mod paligemma;
 pub mod smolvlm;
 pub mod template;
@@ -39,11 +40,11 @@ pub trait Vlm: Send {
 }
 
 /// The architectures `arch` may name.
-pub const ARCHES: &[&str] = &["smolvlm", "llava-next", "paligemma"];
+pub const ARCHES: &[&str] = &["smolvlm", "moondream2", "llava-next", "paligemma"];
 
 /// Whether an architecture can answer without an image (the default of `text_only`).
 pub fn arch_answers_text_only(arch: &str) -> bool {
-    arch != "paligemma"
+    !matches!(arch, "paligemma" | "moondream2")
 }
 
 /// Reads a config or tokenizer file of a model folder, naming the file on failure.
@@ -205,6 +206,10 @@ impl Candle {
             ),
             "llava-next" => Box::new(
                 llava_next::LlavaNext::load(&dir, dtype, &device)
+                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
+            ),
+            "moondream2" => Box::new(
+                moondream::Moondream::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
             "paligemma" => Box::new(
