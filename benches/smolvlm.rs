@@ -95,7 +95,11 @@ fn candle_child(dir: &Path, image: &str, runs: usize) {
         let total = start.elapsed().as_secs_f64();
         eprintln!(
             "candle {}: {total:.2} s (first token {first:.2} s)",
-            if run == 0 { "warm-up".to_string() } else { format!("run {run}") }
+            if run == 0 {
+                "warm-up".to_string()
+            } else {
+                format!("run {run}")
+            }
         );
         if run > 0 {
             totals.push(total);
@@ -120,7 +124,9 @@ fn candle_child(dir: &Path, image: &str, runs: usize) {
 }
 
 fn run_json(cmd: &mut Command, what: &str) -> Value {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     if !out.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         panic!("{what} failed ({})", out.status);
@@ -139,8 +145,8 @@ fn main() {
     let dir = std::env::var("VLMTEST_BENCH_SMOLVLM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join("target/bench/smolvlm-256m-random"));
-    let image = std::env::var("VLMTEST_BENCH_IMAGE")
-        .unwrap_or_else(|_| "suites/images/chelsea.png".into());
+    let image =
+        std::env::var("VLMTEST_BENCH_IMAGE").unwrap_or_else(|_| "suites/images/chelsea.png".into());
     let runs: usize = std::env::var("VLMTEST_BENCH_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -151,13 +157,18 @@ fn main() {
         return;
     }
     if !args.iter().any(|a| a == "--bench") {
-        eprintln!("smolvlm bench: run it with `cargo bench --bench smolvlm` (needs python3, torch, transformers)");
+        eprintln!(
+            "smolvlm bench: run it with `cargo bench --bench smolvlm` (needs python3, torch, transformers)"
+        );
         return;
     }
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script = root().join("bench/smolvlm_torch.py");
     if !dir.join("model.safetensors").is_file() {
-        eprintln!("making the random full-size checkpoint in {}", dir.display());
+        eprintln!(
+            "making the random full-size checkpoint in {}",
+            dir.display()
+        );
         let ok = Command::new(&python)
             .arg(&script)
             .args(["make", "--out"])
@@ -177,7 +188,14 @@ fn main() {
     let torch = run_json(
         Command::new(&python)
             .arg(&script)
-            .args(["time", "--threads", "2", "--runs", &runs.to_string(), "--dir"])
+            .args([
+                "time",
+                "--threads",
+                "2",
+                "--runs",
+                &runs.to_string(),
+                "--dir",
+            ])
             .arg(&dir)
             .args(["--image", &image])
             .current_dir(root())
@@ -205,7 +223,9 @@ fn main() {
     let tm = torch["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
     let prompt = candle["prompt_tokens"].as_f64().unwrap_or(f64::NAN);
     let same = candle["new_token_ids"] == torch["new_token_ids"];
-    println!("\nSmolVLM-256M architecture, random weights, f32, CPU, 2 threads, {runs} runs after a warm-up, 16 new tokens");
+    println!(
+        "\nSmolVLM-256M architecture, random weights, f32, CPU, 2 threads, {runs} runs after a warm-up, 16 new tokens"
+    );
     println!("image {image}; {prompt} prompt tokens; checkpoint {checkpoint:.0} MiB\n");
     println!("| | candle | PyTorch eager | candle / PyTorch |");
     println!("|---|---|---|---|");
@@ -213,15 +233,24 @@ fn main() {
         "| time per answer, preprocessing included (s) | {ct:.2} | {tt_all:.2} | {:.2}× |",
         ct / tt_all
     );
-    println!("| time per answer, model only (PyTorch) (s) | | {tt:.2} | {:.2}× |", ct / tt);
-    println!("| time to first token (s) | {cf:.2} | {tf:.2} | {:.2}× |", cf / tf);
+    println!(
+        "| time per answer, model only (PyTorch) (s) | | {tt:.2} | {:.2}× |",
+        ct / tt
+    );
+    println!(
+        "| time to first token (s) | {cf:.2} | {tf:.2} | {:.2}× |",
+        cf / tf
+    );
     println!(
         "| prefill (tokens/s) | {:.0} | {:.0} | {:.2}× |",
         prompt / cf,
         prompt / tf,
         tf / cf
     );
-    println!("| decode (tokens/s) | {cd:.2} | {td:.2} | {:.2}× |", cd / td);
+    println!(
+        "| decode (tokens/s) | {cd:.2} | {td:.2} | {:.2}× |",
+        cd / td
+    );
     println!(
         "| peak memory (MiB) | {cm:.0} | {tm:.0} | {:.2}× |",
         cm / tm

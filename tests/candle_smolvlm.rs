@@ -56,7 +56,9 @@ fn reproduces_transformers_token_for_token() {
             .and_then(|v| v.as_bool());
         let img = image(case["image"].as_str().unwrap());
         let rgb = cb::decode_image(&img).unwrap();
-        let enc = m.encode(case["prompt"].as_str().unwrap(), &[rgb], split).unwrap();
+        let enc = m
+            .encode(case["prompt"].as_str().unwrap(), &[rgb], split)
+            .unwrap();
         assert_eq!(enc.text, case["expanded_text"].as_str().unwrap(), "{what}");
         assert_eq!(enc.ids, ids(&case["input_ids"]), "{what}: input ids");
         check_pixels(case, enc.pixels.as_ref().unwrap(), &what);

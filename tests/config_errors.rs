@@ -282,9 +282,36 @@ bad_models!(
 );
 bad_models!(empty_models, "", "models.toml: file is empty");
 bad_models!(
-    backend_not_built_yet,
-    "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"HuggingFaceTB/SmolVLM-256M-Instruct\"\n",
-    "models.toml:2: backend `candle` is not available in this version of vlmtest (available: openai, llama-server)"
+    candle_unknown_arch,
+    "[models.m]\nbackend = \"candle\"\narch = \"smolvml\"\nrepo = \"HuggingFaceTB/SmolVLM-256M-Instruct\"\n",
+    "models.toml:3: unknown arch `smolvml` (expected one of: smolvlm, moondream2, llava-next, paligemma)"
+);
+bad_models!(
+    candle_needs_a_source,
+    "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\n",
+    "models.toml:1: model `m`: backend `candle` needs `repo`"
+);
+bad_models!(
+    candle_repo_and_path,
+    "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"a/b\"\npath = \"x\"\n",
+    "models.toml:5: give either `repo` (+ `revision`) or `path`, not both"
+);
+bad_models!(
+    candle_bad_repo_dtype_device,
+    "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"SmolVLM\"\ndtype = \"fp8\"\ndevice = \"tpu\"\n",
+    "models.toml:4: `repo` must name a Hugging Face repo",
+    "models.toml:5: unknown dtype `fp8` (expected f32, f16 or bf16)",
+    "models.toml:6: unknown device `tpu` (expected cpu, cuda, metal or auto)"
+);
+bad_models!(
+    candle_revision_with_path,
+    "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\npath = \"x\"\nrevision = \"main\"\n",
+    "models.toml:5: `revision` applies to `repo`, not to `path`"
+);
+bad_models!(
+    candle_key_on_openai,
+    "[models.m]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\narch = \"smolvlm\"\n",
+    "models.toml:5: key `arch` does not apply to backend `openai`"
 );
 
 #[test]
