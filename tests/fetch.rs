@@ -1,0 +1,251 @@
+//! `vlmtest fetch` against a stand-in Hugging Face Hub on loopback (`HF_ENDPOINT`): the files land
+//! in the standard cache layout under `HF_HOME`, and a run then finds them with no network.
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use common::{Project, http};
+
+const REPO: &str = "tiny-org/SmolVLM-tiny";
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smolvlm")
+}
+
+/// Serves `files` of REPO the way the Hub does for hf-hub: the repo listing, and each file's
+/// `resolve` URL with ETag, X-Repo-Commit and byte ranges. Records the paths asked for.
+fn fake_hub(files: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let files = files.clone();
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                while let Some(req) = http::read_request(&mut reader) {
+                    log.lock().unwrap().push(req.path.clone());
+                    let (status, headers, body) = answer(&files, &req);
+                    let mut head =
+                        format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());
+                    for (k, v) in headers {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    if stream.write_all(head.as_bytes()).is_err()
+                        || stream.write_all(&body).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (base, seen)
+}
+
+fn answer(
+    files: &[(String, Vec<u8>)],
+    req: &http::RawRequest,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let json = |v: serde_json::Value| {
+        (
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            v.to_string().into_bytes(),
+        )
+    };
+    if req.path == format!("/api/models/{REPO}/revision/main") {
+        let siblings: Vec<_> = files
+            .iter()
+            .map(|(n, _)| serde_json::json!({"rfilename": n}))
+            .chain([
+                serde_json::json!({"rfilename": "README.md"}),
+                serde_json::json!({"rfilename": "onnx/model.onnx"}),
+            ])
+            .collect();
+        return json(serde_json::json!({"id": REPO, "sha": COMMIT, "siblings": siblings}));
+    }
+    let prefix = format!("/{REPO}/resolve/main/");
+    let Some(name) = req.path.strip_prefix(&prefix) else {
+        return (404, vec![], b"not found".to_vec());
+    };
+    let Some((_, data)) = files.iter().find(|(n, _)| n == name) else {
+        return (404, vec![], b"not found".to_vec());
+    };
+    let range = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("range"))
+        .map(|(_, v)| v.trim_start_matches("bytes=").to_string())
+        .unwrap_or_else(|| "0-".into());
+    let (a, b) = range.split_once('-').unwrap();
+    let start: usize = a.parse().unwrap_or(0).min(data.len());
+    let end: usize = b
+        .parse()
+        .map(|e: usize| e + 1)
+        .unwrap_or(data.len())
+        .min(data.len());
+    let headers = vec![
+        ("etag".into(), format!("\"etag-{name}\"")),
+        ("x-repo-commit".into(), COMMIT.into()),
+        (
+            "content-range".into(),
+            format!("bytes {start}-{}/{}", end.saturating_sub(1), data.len()),
+        ),
+    ];
+    (206, headers, data[start..end].to_vec())
+}
+
+fn fixture_files() -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(tiny())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn fetch(p: &Project, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vlmtest"));
+    cmd.arg("fetch").args(args).current_dir(p.dir.path());
+    for var in [
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_ENDPOINT",
+        "HF_TOKEN",
+        "HF_HUB_OFFLINE",
+        "VLMTEST_MODELS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("VLMTEST_MODELS", p.path("models.toml"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn same_files(a: &Path, b: &Path) {
+    for e in std::fs::read_dir(a).unwrap() {
+        let e = e.unwrap();
+        let other = b.join(e.file_name());
+        assert_eq!(
+            std::fs::read(e.path()).unwrap(),
+            std::fs::read(&other).unwrap_or_else(|_| panic!("{} missing", other.display())),
+            "{}",
+            e.file_name().to_string_lossy()
+        );
+    }
+}
+
+#[test]
+fn fetch_downloads_into_the_cache_and_the_run_finds_it_offline() {
+    let (endpoint, seen) = fake_hub(fixture_files());
+    let p = Project::new();
+    p.suite(
+        "s",
+        "name: s\ncases:\n  - id: horse\n    image: images/horse.png\n    question: What is it?\n    expect: { regex: \"(?s).\" }\n",
+    );
+    p.write(
+        "models.toml",
+        &format!("[models.tiny]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"{REPO}\"\nmax_new_tokens = 3\n\n[models.remote]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\n"),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let env = [
+        ("HF_HOME", home.path().to_str().unwrap()),
+        ("HF_ENDPOINT", endpoint.as_str()),
+    ];
+
+    let (code, stdout, stderr) = fetch(&p, &["tiny"], &env);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let snap = home
+        .path()
+        .join("hub/models--tiny-org--SmolVLM-tiny/snapshots")
+        .join(COMMIT);
+    assert!(stdout.contains(snap.to_str().unwrap()), "{stdout}");
+    same_files(&tiny(), &snap);
+    assert_eq!(
+        std::fs::read_to_string(
+            home.path()
+                .join("hub/models--tiny-org--SmolVLM-tiny/refs/main")
+        )
+        .unwrap()
+        .trim(),
+        COMMIT
+    );
+    let asked = seen.lock().unwrap().clone();
+    assert!(
+        !asked
+            .iter()
+            .any(|p| p.contains("README.md") || p.contains("onnx")),
+        "{asked:?}"
+    );
+
+    // The run needs no network: the hub is not even named.
+    let run = p.run(
+        &["tiny"],
+        &[
+            ("HF_HOME", home.path().to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert_eq!(run.outcome("tiny::s::horse"), "ok");
+    assert_eq!(run.outcome("tiny::s::gate"), "ok");
+}
+
+#[test]
+fn fetch_explains_what_it_cannot_do() {
+    let p = Project::new();
+    p.write(
+        "models.toml",
+        &format!("[models.tiny]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"{REPO}\"\n"),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+
+    let (code, _, stderr) = fetch(&p, &["tiny"], &[("HF_HOME", h), ("HF_HUB_OFFLINE", "1")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("HF_HUB_OFFLINE is set"), "{stderr}");
+
+    let (code, _, stderr) = fetch(&p, &["nope"], &[("HF_HOME", h)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no model `nope`") && stderr.contains("models: tiny"),
+        "{stderr}"
+    );
+
+    // A hub that is not there: an error naming the repo, not a panic.
+    let (code, _, stderr) = fetch(
+        &p,
+        &["tiny"],
+        &[("HF_HOME", h), ("HF_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot list tiny-org/SmolVLM-tiny@main"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
