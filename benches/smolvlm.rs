@@ -74,6 +74,7 @@ fn candle_child(dir: &Path, image: &str, runs: usize) {
     let mut decodes = Vec::new();
     let mut tokens = Vec::new();
     let mut prompt_tokens = 0;
+    let (mut pre, mut vis, mut txt) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..=runs {
         let start = Instant::now();
         // 16 forced tokens: greedy, EOS not honoured.
@@ -102,6 +103,9 @@ fn candle_child(dir: &Path, image: &str, runs: usize) {
             }
         );
         if run > 0 {
+            pre.push(m.last_prefill.preprocess_s);
+            vis.push(m.last_prefill.vision_s);
+            txt.push(m.last_prefill.text_s);
             totals.push(total);
             firsts.push(first);
             decodes.push((NEW_TOKENS - 1) as f64 / (total - first));
@@ -117,6 +121,9 @@ fn candle_child(dir: &Path, image: &str, runs: usize) {
         "answer_total_s": {"median": median(&totals), "all": totals},
         "first_token_s": {"median": median(&firsts), "all": firsts},
         "decode_tokens_per_s": {"median": median(&decodes), "all": decodes},
+        "preprocess_s": {"median": median(&pre), "all": pre},
+        "vision_s": {"median": median(&vis), "all": vis},
+        "text_prefill_s": {"median": median(&txt), "all": txt},
         "rss_after_load_mib": rss_after_load,
         "peak_rss_mib": peak_rss_mib(),
     });
@@ -259,6 +266,20 @@ fn main() {
         "| peak memory / checkpoint size | {:.2}× | {:.2}× | |",
         cm / checkpoint,
         tm / checkpoint
+    );
+    println!(
+        "\nwhere candle's time goes (medians): preprocessing {:.2} s, vision encoder + connector {:.2} s, text prefill {:.2} s, {} decode steps {:.2} s",
+        f(&candle, "preprocess_s"),
+        f(&candle, "vision_s"),
+        f(&candle, "text_prefill_s"),
+        NEW_TOKENS - 1,
+        ct - cf
+    );
+    println!(
+        "PyTorch (medians): preprocessing {:.2} s, prefill forward {:.2} s, decode {:.2} s",
+        f(&torch, "preprocess_s"),
+        f(&torch, "prefill_s"),
+        tt - tf
     );
     println!(
         "\nsame 16 greedy tokens as PyTorch: {}",

@@ -98,7 +98,67 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     ))
 }
 
-/// Maps the weights (no copy until a tensor is used on a device that needs one).
+/// Memory-mapped safetensors, read one tensor at a time: each tensor is copied out of the
+/// mapping into its own buffer and its pages are then released (`MADV_DONTNEED`), so loading
+/// peaks at the model's size plus one tensor instead of twice the model's size (mapped pages
+/// count as resident memory for as long as they are mapped).
+struct ReleasingMmap(candle_core::safetensors::MmapedSafetensors);
+
+impl ReleasingMmap {
+    /// Drops the pages holding `bytes` from this process's resident memory; they are read from
+    /// the file again should they be touched.
+    fn release(bytes: &[u8]) {
+        #[cfg(unix)]
+        {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+            let start = bytes.as_ptr() as usize & !(page - 1);
+            let end = bytes.as_ptr() as usize + bytes.len();
+            if end > start {
+                // SAFETY: the range lies inside a read-only file mapping this process owns; on
+                // such a mapping MADV_DONTNEED only drops pages, which later reads fault back in.
+                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = bytes;
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ReleasingMmap {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: t.shape().clone(),
+            }
+            .bt());
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let view = self.0.get(name)?;
+        let t = candle_core::safetensors::Load::load(&view, dev)?.to_dtype(dtype)?;
+        Self::release(view.data());
+        Ok(t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.get(name).is_ok()
+    }
+}
+
+/// Maps the weights (see [`ReleasingMmap`]).
 pub fn var_builder(
     dir: &Path,
     dtype: DType,
@@ -107,8 +167,13 @@ pub fn var_builder(
     let files = weight_files(dir)?;
     // SAFETY: the files are mapped read-only; vlmtest never writes them, and a model folder
     // being rewritten while a run reads it is outside what any loader can guard against.
-    unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-        .map_err(|e| format!("cannot map the weights in {}: {e}", dir.display()))
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+        .map_err(|e| format!("cannot map the weights in {}: {e}", dir.display()))?;
+    Ok(candle_nn::VarBuilder::from_backend(
+        Box::new(ReleasingMmap(st)),
+        dtype,
+        device.clone(),
+    ))
 }
 
 /// Token ids of `generation_config.json`'s `eos_token_id` (a number or a list).
