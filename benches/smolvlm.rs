@@ -138,13 +138,21 @@ fn run_json(cmd: &mut Command, what: &str) -> Value {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         panic!("{what} failed ({})", out.status);
     }
+    // The JSON object is the end of the output (one line or pretty-printed).
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
+    let start = text
         .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
+        .scan(0, |off, l| {
+            let here = *off;
+            *off += l.len() + 1;
+            Some((here, l))
+        })
+        .filter(|(_, l)| l.starts_with('{'))
+        .map(|(o, _)| o)
+        .last()
         .unwrap_or_else(|| panic!("{what} printed no JSON:\n{text}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: bad JSON ({e}): {line}"))
+    let json = &text[start..];
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{what}: bad JSON ({e}): {json}"))
 }
 
 fn main() {

@@ -215,3 +215,50 @@ fn a_broken_checkpoint_is_an_error_not_a_panic() {
         .unwrap();
     assert!(err.contains("model.safetensors"), "{err}");
 }
+
+#[test]
+fn a_sharded_checkpoint_loads_through_its_index() {
+    let t = tempfile::tempdir().unwrap();
+    let src = fixtures().join("smolvlm");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "model.safetensors" {
+            std::fs::copy(e.path(), t.path().join(e.file_name())).unwrap();
+        }
+    }
+    // Split the weights in two shards, as the Hub's large repos are, with the index.
+    let all = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (part, file) in [
+        (a, "model-00001-of-00002.safetensors"),
+        (b, "model-00002-of-00002.safetensors"),
+    ] {
+        let tensors: std::collections::HashMap<String, candle_core::Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&tensors, t.path().join(file)).unwrap();
+        for n in part.iter() {
+            map.insert((*n).clone(), serde_json::Value::String(file.into()));
+        }
+    }
+    std::fs::write(
+        t.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let mut sharded = SmolVlm::load(t.path(), DType::F32, &Device::Cpu).unwrap();
+    let mut single = model();
+    let req = request(
+        image("images/shapes_80x80.png"),
+        "What color is the square?",
+        8,
+    );
+    assert_eq!(
+        cb::run(&mut sharded, &req).unwrap().tokens,
+        cb::run(&mut single, &req).unwrap().tokens
+    );
+}

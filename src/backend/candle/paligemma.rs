@@ -1,5 +1,6 @@
-//! PaliGemma (transformers' `PaliGemmaForConditionalGeneration`), built from candle-transformers'
-//! `siglip` vision tower and `gemma` decoder.
+//! PaliGemma (transformers' `PaliGemmaForConditionalGeneration`): a SigLIP vision tower
+//! ([`super::siglip`]; the config is read as candle-transformers' `siglip::VisionConfig`) and
+//! candle-transformers' `gemma` decoder.
 //!
 //! candle-transformers' own `paligemma::Model` L2-normalises the image features, which transformers
 //! does not do (it divides them by √hidden, which Gemma's embedding scale then undoes), so its
@@ -16,6 +17,8 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::Linear;
 use candle_transformers::models::{gemma, siglip};
+
+use super::siglip::{Act, Dims, VisionEncoder};
 use image::RgbImage;
 use serde::Deserialize;
 
@@ -75,7 +78,7 @@ pub struct PaliGemma {
     filter: Filter,
     seq_len: usize,
     tokenizer: tokenizers::Tokenizer,
-    vision: siglip::VisionModel,
+    vision: VisionEncoder,
     proj: Linear,
     text: gemma::Model,
     hidden: usize,
@@ -153,8 +156,28 @@ impl PaliGemma {
                 dir.display()
             )
         };
-        let vision = siglip::VisionModel::new(v, false, vb.pp("vision_tower.vision_model"))
-            .map_err(weights)?;
+        let act = match v.hidden_act {
+            candle_nn::Activation::GeluPytorchTanh => Act::GeluTanh,
+            candle_nn::Activation::Gelu => Act::Gelu,
+            other => {
+                return Err(format!(
+                    "vision_config.hidden_act {other:?} is not supported"
+                ));
+            }
+        };
+        let dims = Dims {
+            hidden: v.hidden_size,
+            intermediate: v.intermediate_size,
+            layers: v.num_hidden_layers,
+            heads: v.num_attention_heads,
+            channels: v.num_channels,
+            image_size: v.image_size,
+            patch: v.patch_size,
+            eps: v.layer_norm_eps,
+            act,
+        };
+        let vision =
+            VisionEncoder::load(&dims, vb.pp("vision_tower.vision_model")).map_err(weights)?;
         let proj = candle_nn::linear(
             v.hidden_size,
             cfg.projection_dim.unwrap_or(text_cfg.hidden_size),

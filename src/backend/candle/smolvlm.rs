@@ -1,5 +1,5 @@
 //! SmolVLM and SmolVLM2 (transformers' `Idefics3ForConditionalGeneration` and
-//! `SmolVLMForConditionalGeneration`): a SigLIP vision encoder (candle-transformers' `siglip`), a
+//! `SmolVLMForConditionalGeneration`): a SigLIP vision encoder ([`super::siglip`]), a
 //! pixel-shuffle connector, and a Llama decoder fed with the text embeddings in which each
 //! `<image>` token is replaced by one connector output.
 //!
@@ -16,11 +16,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::Linear;
-use candle_transformers::models::siglip;
 use image::RgbImage;
 use serde::Deserialize;
 
 use super::llama::{Llama, LlamaConfig};
+use super::siglip::{Act, Dims, VisionEncoder};
 use super::template::ChatTemplate;
 use super::{Prefill, Vlm, decode_image, generation_eos, load_tokenizer, read_json};
 use crate::backend::Request;
@@ -375,7 +375,7 @@ pub struct SmolVlm {
     pub last_prefill: PrefillTimes,
     tokenizer: tokenizers::Tokenizer,
     template: ChatTemplate,
-    vision: siglip::VisionModel,
+    vision: VisionEncoder,
     proj: Linear,
     scale: usize,
     text: Llama,
@@ -427,26 +427,23 @@ impl SmolVlm {
                 eos.push(id);
             }
         }
-        let act: candle_nn::Activation = serde_json::from_value(serde_json::Value::String(
-            v.hidden_act.clone(),
-        ))
-        .map_err(|_| {
-            format!(
-                "vision_config.hidden_act `{}` is not supported",
-                v.hidden_act
-            )
-        })?;
-        let vcfg = siglip::VisionConfig {
-            hidden_size: v.hidden_size,
-            intermediate_size: v.intermediate_size,
-            num_hidden_layers: v.num_hidden_layers,
-            num_attention_heads: v.num_attention_heads,
-            num_channels: v.num_channels,
+        let dims = Dims {
+            hidden: v.hidden_size,
+            intermediate: v.intermediate_size,
+            layers: v.num_hidden_layers,
+            heads: v.num_attention_heads,
+            channels: v.num_channels,
             image_size: v.image_size,
-            patch_size: v.patch_size,
-            hidden_act: act,
-            layer_norm_eps: v.layer_norm_eps,
+            patch: v.patch_size,
+            eps: v.layer_norm_eps,
+            act: Act::parse(&v.hidden_act)?,
         };
+        if v.hidden_size % v.num_attention_heads.max(1) != 0 {
+            return Err(format!(
+                "vision_config: hidden_size {} is not a multiple of num_attention_heads {}",
+                v.hidden_size, v.num_attention_heads
+            ));
+        }
         let vb = super::var_builder(dir, dtype, device)?;
         let weights = |e: candle_core::Error| {
             format!(
@@ -454,8 +451,7 @@ impl SmolVlm {
                 dir.display()
             )
         };
-        let vision =
-            siglip::VisionModel::new(&vcfg, false, vb.pp("model.vision_model")).map_err(weights)?;
+        let vision = VisionEncoder::load(&dims, vb.pp("model.vision_model")).map_err(weights)?;
         let proj = candle_nn::linear_no_bias(
             v.hidden_size * cfg.scale_factor.pow(2),
             text_cfg.hidden_size,
