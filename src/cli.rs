@@ -210,46 +210,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scores_lines_with_either_kind_of_rule() {
-        let vqa = parse_rule("vqa").unwrap();
-        let out = score_line(&vqa, r#"{"id": 7, "answers": ["2","2","2","two","3","2","2","2","2","2"], "prediction": "two"}"#, 0.5).unwrap();
-        assert_eq!(out["score"], json!(1.0));
-        assert_eq!(out["passed"], json!(true));
-        assert_eq!(out["id"], json!(7));
-        let contains = parse_rule("{contains: cat}").unwrap();
-        let out = score_line(&contains, r#"{"prediction": "A dog"}"#, 0.5).unwrap();
-        assert_eq!(out["score"], json!(0.0));
-        assert_eq!(out["passed"], json!(false));
-        let numeric = parse_rule(r#"{"numeric": 24, "tolerance": 2}"#).unwrap();
-        let out = score_line(&numeric, r#"{"prediction": "twenty-three"}"#, 0.5).unwrap();
-        assert_eq!(out["score"], json!(1.0));
-    }
-
-    #[test]
-    fn bad_rules_and_lines_are_explained() {
-        let e = parse_rule("{contians: cat}").err().unwrap();
-        assert!(e.contains("unknown field `contians`"), "{e}");
-        let e = parse_rule("{regex: '('}").err().unwrap();
-        assert!(e.contains("invalid regex"), "{e}");
-        let vqa = parse_rule("vqa").unwrap();
-        assert!(
-            score_line(&vqa, r#"{"prediction": "x"}"#, 0.5)
-                .unwrap_err()
-                .contains("answers")
-        );
-        assert!(
-            score_line(&vqa, "not json", 0.5)
-                .unwrap_err()
-                .contains("JSON")
-        );
-    }
-}
-
 /// `vlmtest fetch [MODEL...]`.
 fn fetch(names: &[String]) -> ExitCode {
     use crate::config::{BackendSpec, ModelSource};
@@ -321,5 +281,45 @@ fn fetch(names: &[String]) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_lines_with_either_kind_of_rule() {
+        let vqa = parse_rule("vqa").unwrap();
+        let out = score_line(&vqa, r#"{"id": 7, "answers": ["2","2","2","two","3","2","2","2","2","2"], "prediction": "two"}"#, 0.5).unwrap();
+        assert_eq!(out["score"], json!(1.0));
+        assert_eq!(out["passed"], json!(true));
+        assert_eq!(out["id"], json!(7));
+        let contains = parse_rule("{contains: cat}").unwrap();
+        let out = score_line(&contains, r#"{"prediction": "A dog"}"#, 0.5).unwrap();
+        assert_eq!(out["score"], json!(0.0));
+        assert_eq!(out["passed"], json!(false));
+        let numeric = parse_rule(r#"{"numeric": 24, "tolerance": 2}"#).unwrap();
+        let out = score_line(&numeric, r#"{"prediction": "twenty-three"}"#, 0.5).unwrap();
+        assert_eq!(out["score"], json!(1.0));
+    }
+
+    #[test]
+    fn bad_rules_and_lines_are_explained() {
+        let e = parse_rule("{contians: cat}").err().unwrap();
+        assert!(e.contains("unknown field `contians`"), "{e}");
+        let e = parse_rule("{regex: '('}").err().unwrap();
+        assert!(e.contains("invalid regex"), "{e}");
+        let vqa = parse_rule("vqa").unwrap();
+        assert!(
+            score_line(&vqa, r#"{"prediction": "x"}"#, 0.5)
+                .unwrap_err()
+                .contains("answers")
+        );
+        assert!(
+            score_line(&vqa, "not json", 0.5)
+                .unwrap_err()
+                .contains("JSON")
+        );
     }
 }

@@ -101,7 +101,11 @@ impl LlamaConfig {
                 "text_config: rope scaling is not supported (only rope_type \"default\")".into(),
             );
         }
-        if self.num_attention_heads == 0 || self.num_attention_heads % self.kv_heads().max(1) != 0 {
+        if self.num_attention_heads == 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.kv_heads().max(1))
+        {
             return Err(format!(
                 "text_config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,

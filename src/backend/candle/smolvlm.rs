@@ -201,13 +201,13 @@ impl Processor {
         let aspect = w as f64 / h as f64;
         let (mut h, mut w) = if w >= h {
             let mut h = trunc(max_len as f64 / aspect);
-            if h % 2 != 0 {
+            if !h.is_multiple_of(2) {
                 h += 1;
             }
             (h, max_len)
         } else {
             let mut w = trunc(max_len as f64 * aspect);
-            if w % 2 != 0 {
+            if !w.is_multiple_of(2) {
                 w += 1;
             }
             (max_len, w)
@@ -438,7 +438,7 @@ impl SmolVlm {
             eps: v.layer_norm_eps,
             act: Act::parse(&v.hidden_act)?,
         };
-        if v.hidden_size % v.num_attention_heads.max(1) != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads.max(1)) {
             return Err(format!(
                 "vision_config: hidden_size {} is not a multiple of num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
