@@ -3,20 +3,27 @@
 
 A full-size SmolVLM-256M-Instruct (Idefics3ForConditionalGeneration: SigLIP-style vision
 tower 768x12, pixel-shuffle connector with scale_factor 4, Llama text model 576x30) with
-random, seeded weights, laid out like the Hugging Face repo HuggingFaceTB/SmolVLM-256M-Instruct.
-Nothing is downloaded: the config, the tokenizer (a small byte-level BPE trained locally with
+random, seeded weights, laid out like the Hugging Face repo HuggingFaceTB/SmolVLM-256M-Instruct
+(`--preset 256m`, the default); or, with `--preset 2.2b`, the architecture of
+HuggingFaceTB/SmolVLM2-2.2B-Instruct (SmolVLMForConditionalGeneration: SigLIP so400m-style vision
+tower 1152x27 with patch 14 at 384, scale_factor 3, Llama text model 2048x24, 32 heads, untied
+lm_head; about 2.2e9 parameters, 9 GB of float32). Nothing is downloaded: the config, the tokenizer (a small byte-level BPE trained locally with
 SmolVLM's special tokens, as in tests/fixtures/make_fixtures.py) and the weights are built here.
 Outputs are meaningless by construction; only speed and memory are measured.
 
 Usage (from the repository root):
 
-    python bench/smolvlm_torch.py make [--out DIR] [--seed 0]
-        Writes DIR (default target/bench/smolvlm-256m-random; target/ is git-ignored):
-        config.json, generation_config.json, model.safetensors (float32, hub tensor names),
-        preprocessor_config.json, processor_config.json, chat_template.json, tokenizer.json,
-        tokenizer_config.json, special_tokens_map.json. Then reloads it with
-        Idefics3ForConditionalGeneration.from_pretrained and AutoProcessor.from_pretrained.
-        About 1 GiB on disk; takes well under a minute.
+    python bench/smolvlm_torch.py make [--preset 256m|2.2b] [--out DIR] [--seed 0]
+        Writes DIR (default target/bench/smolvlm-256m-random, or target/bench/smolvlm2-2.2b-random
+        for --preset 2.2b; target/ is git-ignored): config.json, generation_config.json,
+        model.safetensors (float32, hub tensor names, written tensor by tensor so that the
+        weights are never all in memory at once), preprocessor_config.json, processor_config.json,
+        chat_template.json, tokenizer.json, tokenizer_config.json, special_tokens_map.json.
+        Then reloads it with the config's class (Idefics3ForConditionalGeneration or
+        SmolVLMForConditionalGeneration).from_pretrained and AutoProcessor.from_pretrained, and
+        runs the processor once on suites/images/chelsea.png.
+        256m: about 1 GiB on disk, well under a minute. 2.2b: about 9 GB on disk, needs about
+        as much free memory for the reload check, a few minutes.
 
     python bench/smolvlm_torch.py time [--dir DIR] [--image suites/images/chelsea.png]
                                        [--runs 3] [--threads 2] [--json FILE]
@@ -26,8 +33,13 @@ Usage (from the repository root):
         over the prompt) separately. Prints one JSON object (medians and every run) to stdout.
 
 Benchmark-specific choices (differences from the real repo): `size.longest_edge` is 1536
-instead of 2048 (chelsea.png, 451x300 -> 1536x1022 -> 3x2 tiles of 512 + 1 global image =
-7 images, 448 image tokens); the tokenizer has ~360 entries (the model's vocabulary is
+instead of 2048 for 256m (chelsea.png, 451x300 -> 1536x1022 -> 3x2 tiles of 512 + 1 global
+image = 7 images, 448 image tokens) and 1152 instead of 1536 for 2.2b (-> 1152x766 -> 3x2 tiles
+of 384 + 1 global image = 7 images, 7 x 81 = 567 image tokens); both presets use the Idefics3
+processor classes (Idefics3ImageProcessor / Idefics3Processor, which the 256M repo names and
+which preprocess images exactly as SmolVLM's do) because transformers' SmolVLMProcessor needs
+`num2words` and, for its video processor, `torchvision`, neither of which the benchmark
+installs; the chat template is SmolVLM's (the 256M one) for both; the tokenizer has ~360 entries (the model's vocabulary is
 49280, so ids >= the tokenizer size are never produced by the prompt but can be generated);
 the lm_head rows of the EOS-like tokens are zeroed so greedy decoding never picks them
 (an implementation that does not honour min_new_tokens still gets 16 tokens).
@@ -48,7 +60,7 @@ DEFAULT_IMAGE = os.path.join("suites", "images", "chelsea.png")
 QUESTION = "What animal is in the picture?"
 NEW_TOKENS = 16
 
-# Real SmolVLM-256M-Instruct dimensions.
+# Real SmolVLM-256M-Instruct dimensions (--preset 256m).
 TEXT = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
             num_key_value_heads=3, head_dim=64, vocab_size=49280, rope_theta=100000.0, rms_norm_eps=1e-5,
             max_position_embeddings=8192, hidden_act="silu")
@@ -58,6 +70,37 @@ SCALE_FACTOR = 4
 IMAGE_SEQ_LEN = (VISION["image_size"] // VISION["patch_size"]) ** 2 // SCALE_FACTOR ** 2  # 64
 SIZE_LONGEST_EDGE = 1536  # real repo: 2048
 MAX_IMAGE_SIZE = 512
+
+# Real SmolVLM2-2.2B-Instruct dimensions (--preset 2.2b).
+TEXT_2B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+               num_key_value_heads=32, head_dim=64, vocab_size=49280, rope_theta=273768.0, rms_norm_eps=1e-5,
+               max_position_embeddings=16384, hidden_act="silu")
+VISION_2B = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                 patch_size=14, image_size=384, num_channels=3, hidden_act="gelu_pytorch_tanh",
+                 layer_norm_eps=1e-6)
+
+PRESETS = {
+    "256m": dict(model_type="idefics3", architecture="Idefics3ForConditionalGeneration",
+                 text=TEXT, vision=VISION, scale_factor=SCALE_FACTOR, size_longest_edge=SIZE_LONGEST_EDGE,
+                 max_image_size=MAX_IMAGE_SIZE, out=DEFAULT_DIR),
+    "2.2b": dict(model_type="smolvlm", architecture="SmolVLMForConditionalGeneration",
+                 text=TEXT_2B, vision=VISION_2B, scale_factor=3,
+                 size_longest_edge=1152,  # real repo: 1536
+                 max_image_size=384, out=os.path.join("target", "bench", "smolvlm2-2.2b-random")),
+}
+for _p in PRESETS.values():  # 64 (256m), 81 (2.2b)
+    _p["image_seq_len"] = ((_p["vision"]["image_size"] // _p["vision"]["patch_size"]) ** 2
+                           // _p["scale_factor"] ** 2)
+
+
+def model_class(model_dir):
+    """The ForConditionalGeneration class for a checkpoint folder, from its config.json's model_type."""
+    import transformers
+    mt = json.load(open(os.path.join(model_dir, "config.json")))["model_type"]
+    names = {"idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration"}
+    if mt not in names:
+        raise SystemExit(f"{model_dir}: model_type {mt!r} is neither idefics3 nor smolvlm")
+    return getattr(transformers, names[mt])
 
 CHAT_TEMPLATE = (  # SmolVLM's template
     "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
@@ -121,28 +164,54 @@ def build_tokenizer():
     return tok
 
 
-def random_state_dict(model, seed):
-    """float32, deterministic: matrices/embeddings/conv ~ N(0, 0.02), biases ~ N(0, 0.02), norm weights 1."""
+def random_tensors(shapes, seed, zero_rows):
+    """Yields (name, tensor) in name order, float32, deterministic: matrices/embeddings/conv ~ N(0, 0.02),
+    biases ~ N(0, 0.02), norm weights 1 (one generator, drawn in name order). zero_rows: {name: [row, ...]}
+    set to exactly 0 after drawing."""
     g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, p in sorted(model.named_parameters()):
-        if p.dim() >= 2 or name.endswith("bias"):
-            t = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32) * 0.02
+    for name, shape in shapes:
+        if len(shape) >= 2 or name.endswith("bias"):
+            t = torch.randn(shape, generator=g, dtype=torch.float32) * 0.02
         else:  # LayerNorm / RMSNorm weights
-            t = torch.ones(tuple(p.shape), dtype=torch.float32)
-        sd[name] = t.contiguous()
-    return sd
+            t = torch.ones(shape, dtype=torch.float32)
+        for r in zero_rows.get(name, ()):
+            t[r].zero_()
+        yield name, t.contiguous()
+
+
+def write_random_safetensors(path, shapes, seed, zero_rows):
+    """model.safetensors one tensor at a time, in the byte layout safetensors' save_file writes for an
+    all-F32 dict (compact JSON header, __metadata__ first, tensors sorted by name, header padded with
+    spaces to a multiple of 8), so memory stays at one tensor however large the model."""
+    import numpy as np
+
+    header, off = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in shapes:
+        n = 4 * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    with open(path, "wb") as f:
+        f.write(len(hb).to_bytes(8, "little"))
+        f.write(hb)
+        for name, t in random_tensors(shapes, seed, zero_rows):
+            a = t.numpy()
+            assert a.dtype == np.float32 and a.dtype.byteorder in "=<" and sys.byteorder == "little"
+            f.write(a.tobytes() if a.ndim == 0 else memoryview(a.reshape(-1)))
+    assert os.path.getsize(path) == 8 + len(hb) + off
 
 
 def cmd_make(args):
     import transformers
-    from safetensors.torch import save_file
-    from transformers import (GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration,
-                              Idefics3Processor)
+    from transformers import GenerationConfig, Idefics3Config, Idefics3Processor, SmolVLMConfig
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
+    P = PRESETS[args.preset]
+    TEXT, VISION = P["text"], P["vision"]
+    IMAGE_SEQ_LEN, SIZE_LONGEST_EDGE, MAX_IMAGE_SIZE = P["image_seq_len"], P["size_longest_edge"], P["max_image_size"]
     t0 = time.perf_counter()
-    out = rel(args.out)
+    out = rel(args.out or P["out"])
     os.makedirs(out, exist_ok=True)
     for f in os.listdir(out):  # start clean (only our own files live here)
         os.remove(os.path.join(out, f))
@@ -155,21 +224,24 @@ def cmd_make(args):
         "add_prefix_space": False,
         "additional_special_tokens": SPECIAL_TOKENS_MAP["additional_special_tokens"],
         "bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>", "pad_token": "<|im_end|>",
-        "unk_token": "<|endoftext|>", "clean_up_tokenization_spaces": False, "model_max_length": 8192,
+        "unk_token": "<|endoftext|>", "clean_up_tokenization_spaces": False,
+        "model_max_length": TEXT["max_position_embeddings"],
         "legacy": False, "processor_class": "Idefics3Processor", "tokenizer_class": "GPT2Tokenizer",
         "chat_template": CHAT_TEMPLATE,
     }
     json.dump(tok_cfg, open(os.path.join(out, "tokenizer_config.json"), "w"), indent=2)
 
-    cfg = Idefics3Config(
-        image_token_id=tid("<image>"), scale_factor=SCALE_FACTOR, tie_word_embeddings=False,
+    config_class = {"idefics3": Idefics3Config, "smolvlm": SmolVLMConfig}[P["model_type"]]
+    cfg = config_class(
+        image_token_id=tid("<image>"), scale_factor=P["scale_factor"], tie_word_embeddings=False,
         pad_token_id=tid("<|im_end|>"),
-        vision_config=dict(model_type="idefics3_vision", **VISION),
+        vision_config=dict(model_type=P["model_type"] + "_vision", **VISION),
         text_config=dict(model_type="llama", tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
                          bos_token_id=tid("<|im_start|>"), eos_token_id=tid("<end_of_utterance>"),
                          pad_token_id=tid("<|im_end|>"), **TEXT),
     )
-    cfg.architectures = ["Idefics3ForConditionalGeneration"]
+    cfg.architectures = [P["architecture"]]
+    model_cls = getattr(transformers, P["architecture"])
     cfg.save_pretrained(out)
     # transformers 4.x style `rope_theta` next to v5's `rope_parameters` (as in the hub config)
     cp = os.path.join(out, "config.json")
@@ -182,17 +254,20 @@ def cmd_make(args):
     c["torch_dtype"] = "float32"
     json.dump(c, open(cp, "w"), indent=2, sort_keys=True)
 
-    # weights: names/shapes from a meta-device model (transformers 5 names == hub names for idefics3)
+    # weights: names/shapes from a meta-device model (transformers 5 names == hub names for idefics3 and
+    # smolvlm: model.vision_model.*, model.connector.*, model.text_model.*, lm_head.weight)
     with torch.device("meta"):
-        meta_model = Idefics3ForConditionalGeneration(cfg)
-    sd = random_state_dict(meta_model, args.seed)
+        meta_model = model_cls(cfg)
+    shapes = sorted((n, tuple(p.shape)) for n, p in meta_model.named_parameters())
     del meta_model
-    with torch.no_grad():  # EOS-like tokens: logit exactly 0 -> never the greedy pick
-        for t in ("<|im_end|>", "<end_of_utterance>", "<|endoftext|>"):
-            sd["lm_head.weight"][tid(t)].zero_()
-    save_file(dict(sorted(sd.items())), os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-    n_params = sum(t.numel() for t in sd.values())
-    del sd
+    prefixes = ("model.vision_model.", "model.connector.modality_projection.proj.weight", "model.text_model.",
+                "lm_head.weight")
+    assert all(n.startswith(prefixes) for n, _ in shapes), [n for n, _ in shapes if not n.startswith(prefixes)]
+    assert "lm_head.weight" in dict(shapes) and "model.connector.modality_projection.proj.weight" in dict(shapes)
+    # EOS-like tokens: lm_head rows exactly 0 -> logit exactly 0 -> never the greedy pick
+    zero_rows = {"lm_head.weight": [tid(t) for t in ("<|im_end|>", "<end_of_utterance>", "<|endoftext|>")]}
+    write_random_safetensors(os.path.join(out, "model.safetensors"), shapes, args.seed, zero_rows)
+    n_params = sum(int(torch.Size(s).numel()) for _, s in shapes)
 
     GenerationConfig(bos_token_id=tid("<|im_start|>"), eos_token_id=[tid("<|im_end|>"), tid("<end_of_utterance>")],
                      pad_token_id=tid("<|im_end|>")).save_pretrained(out)
@@ -229,18 +304,45 @@ def cmd_make(args):
     t_write = time.perf_counter() - t0
 
     # reload check
-    model, info = Idefics3ForConditionalGeneration.from_pretrained(out, dtype=torch.float32,
-                                                                  output_loading_info=True)
+    assert model_class(out) is model_cls
+    model, info = model_cls.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
     bad = {k: v for k, v in info.items() if v and k != "error_msgs"} or info.get("error_msgs")
     assert not bad, f"loading info not clean: {info}"
+    assert type(model).__name__ == P["architecture"], type(model)
+    assert model.config.model_type == P["model_type"] and model.config.scale_factor == P["scale_factor"]
+    assert model.model.connector.scale_factor == P["scale_factor"]
+    assert not model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() != \
+        model.model.text_model.embed_tokens.weight.data_ptr()
+    assert float(model.lm_head.weight.detach()[tid("<end_of_utterance>")].abs().max()) == 0.0
+    n_loaded = sum(p.numel() for p in model.parameters())
+    assert n_loaded == n_params, (n_loaded, n_params)
+    text_cfg, vision_cfg = model.config.text_config, model.config.vision_config
+    for k, v in TEXT.items():
+        got = text_cfg.rope_parameters["rope_theta"] if k == "rope_theta" else getattr(text_cfg, k)
+        assert got == v, (k, got, v)
+    for k, v in VISION.items():
+        assert getattr(vision_cfg, k) == v, (k, getattr(vision_cfg, k), v)
+    del model
     proc = transformers.AutoProcessor.from_pretrained(out)
     assert type(proc).__name__ == "Idefics3Processor", type(proc)
     assert proc.image_seq_len == IMAGE_SEQ_LEN
     assert proc.image_processor.size["longest_edge"] == SIZE_LONGEST_EDGE
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     assert proc.apply_chat_template(msgs, add_generation_prompt=True).endswith("Assistant:")
-    assert model.config.text_config.vocab_size == TEXT["vocab_size"]
+    image_check = None
+    image_path = rel(DEFAULT_IMAGE)
+    if os.path.exists(image_path):  # one processor call, as `time` makes it
+        from PIL import Image
+        prompt = proc.apply_chat_template(msgs, add_generation_prompt=True)
+        inputs = proc(images=[Image.open(image_path)], text=prompt, return_tensors="pt")
+        pv = inputs["pixel_values"]
+        n_img = inputs["input_ids"][0].tolist().count(tid("<image>"))
+        assert list(pv.shape[2:]) == [3, MAX_IMAGE_SIZE, MAX_IMAGE_SIZE], pv.shape
+        assert n_img == pv.shape[1] * IMAGE_SEQ_LEN, (n_img, pv.shape)
+        image_check = {"image": DEFAULT_IMAGE, "pixel_values_shape": list(pv.shape), "image_tokens": n_img,
+                       "prompt_tokens": int(inputs["input_ids"].shape[1])}
     summary = {
+        "preset": args.preset, "model_type": P["model_type"], "architecture": P["architecture"],
         "dir": out, "seed": args.seed, "parameters": n_params,
         "size_bytes": dir_size(out), "files": sorted(os.listdir(out)),
         "tokenizer_vocab": tok.get_vocab_size(),
@@ -248,7 +350,8 @@ def cmd_make(args):
                                                   "<row_1_col_1>", "<fake_token_around_image>", "<image>",
                                                   "<end_of_utterance>"]},
         "write_s": round(t_write, 2), "total_s": round(time.perf_counter() - t0, 2),
-        "reload": f"{type(model).__name__} + {type(proc).__name__} ({type(proc.image_processor).__name__})",
+        "reload": f"{P['architecture']} + {type(proc).__name__} ({type(proc.image_processor).__name__})",
+        "image_seq_len": IMAGE_SEQ_LEN, "processor_check": image_check,
     }
     print(json.dumps(summary, indent=1))
 
@@ -279,12 +382,11 @@ def cmd_time(args):
     torch.set_num_threads(args.threads)
     import transformers
     from PIL import Image
-    from transformers import AutoProcessor, Idefics3ForConditionalGeneration
+    from transformers import AutoProcessor
 
     d = rel(args.dir)
     t0 = time.perf_counter()
-    model = Idefics3ForConditionalGeneration.from_pretrained(d, dtype=torch.float32,
-                                                             attn_implementation="eager").eval()
+    model = model_class(d).from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
     processor = AutoProcessor.from_pretrained(d)
     load_s = time.perf_counter() - t0
     rss_after_load = peak_rss_mib()
@@ -336,7 +438,8 @@ def cmd_time(args):
     decode_steps = NEW_TOKENS - 1
     rnd = lambda xs: [round(x, 4) for x in xs]
     res = {
-        "bench": "smolvlm-256m-random, PyTorch eager, CPU",
+        "bench": f"{os.path.basename(os.path.normpath(d))}, PyTorch eager, CPU",
+        "architecture": type(model).__name__,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "threads": torch.get_num_threads(), "dtype": "float32", "attn_implementation": "eager",
@@ -388,7 +491,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make", help="build the random-weight checkpoint folder")
-    m.add_argument("--out", default=DEFAULT_DIR)
+    m.add_argument("--preset", choices=sorted(PRESETS), default="256m",
+                   help="256m: SmolVLM-256M-Instruct (default); 2.2b: SmolVLM2-2.2B-Instruct")
+    m.add_argument("--out", default=None, help="default: " + ", ".join(
+        f"{p['out']} ({k})" for k, p in PRESETS.items()))
     m.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("time", help="time PyTorch eager generate on CPU")
     t.add_argument("--dir", default=DEFAULT_DIR)

@@ -294,7 +294,11 @@ fn main() {
         if same { "yes" } else { "NO" }
     );
     let all = json!({"candle": candle, "torch": torch, "checkpoint_mib": checkpoint, "same_tokens": same});
-    let path = root().join("target/bench-smolvlm.json");
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "smolvlm".into());
+    let path = root().join(format!("target/bench-{name}.json"));
     let _ = std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap());
     println!("(all runs: {})", path.display());
 }

@@ -3,7 +3,7 @@
 //! `LlamaModel`: RMSNorm, rotary embeddings with `rotate_half`, grouped-query attention with the
 //! softmax in f32, SiLU-gated MLP.
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
@@ -348,9 +348,5 @@ impl Llama {
         let ids = Tensor::new(&[[token]], &self.device)?;
         let x = self.embed(&ids)?;
         self.forward_embeds(&x)
-    }
-
-    pub fn hidden_size(&self) -> usize {
-        self.embed.embeddings().dim(D::Minus1).unwrap_or(0)
     }
 }

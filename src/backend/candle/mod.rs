@@ -315,13 +315,6 @@ impl Candle {
             model: Mutex::new(model),
         })
     }
-
-    /// Builds a backend around an already-loaded architecture (tests).
-    pub fn from_model(model: Box<dyn Vlm>) -> Self {
-        Self {
-            model: Mutex::new(model),
-        }
-    }
 }
 
 /// One answer's tokens and timings.
