@@ -239,7 +239,8 @@ fn main() {
     let prompt = candle["prompt_tokens"].as_f64().unwrap_or(f64::NAN);
     let same = candle["new_token_ids"] == torch["new_token_ids"];
     println!(
-        "\nSmolVLM-256M architecture, random weights, f32, CPU, 2 threads, {runs} runs after a warm-up, 16 new tokens"
+        "\n{} (random weights), f32, CPU, 2 threads, {runs} runs after a warm-up, 16 new tokens",
+        dir.display()
     );
     println!("image {image}; {prompt} prompt tokens; checkpoint {checkpoint:.0} MiB\n");
     println!("| | candle | PyTorch eager | candle / PyTorch |");
