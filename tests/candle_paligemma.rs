@@ -70,3 +70,35 @@ fn the_generation_loop_gives_the_same_tokens_and_needs_an_image() {
     let err = cb::run(&mut m, &text_only).err().unwrap();
     assert!(err.contains("needs an image"), "{err}");
 }
+
+#[test]
+fn a_text_config_with_only_the_keys_the_real_repos_write_loads() {
+    // google/paligemma-3b-*'s config.json leaves the GemmaConfig defaults out of text_config.
+    let t = tempfile::tempdir().unwrap();
+    let src = fixtures().join("paligemma");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), t.path().join(e.file_name())).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let text = cfg["text_config"].as_object_mut().unwrap();
+    for k in [
+        "attention_bias",
+        "hidden_act",
+        "hidden_activation",
+        "rope_theta",
+        "rope_parameters",
+        "max_position_embeddings",
+    ] {
+        text.remove(k);
+    }
+    std::fs::write(t.path().join("config.json"), cfg.to_string()).unwrap();
+    let mut m = PaliGemma::load(t.path(), DType::F32, &Device::Cpu).unwrap();
+    let g = golden("paligemma");
+    let case = &g["cases"][0];
+    let rgb = cb::decode_image(&image(case["image"].as_str().unwrap())).unwrap();
+    let enc = m.encode(case["prompt"].as_str().unwrap(), &[rgb]).unwrap();
+    let logits = m.prefill_encoded(&enc).unwrap();
+    check_logits(case, &logits, "paligemma with a minimal text_config");
+}

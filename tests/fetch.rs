@@ -33,7 +33,15 @@ fn fake_hub(files: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Vec<String>>>) 
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut stream = stream;
                 while let Some(req) = http::read_request(&mut reader) {
-                    log.lock().unwrap().push(req.path.clone());
+                    let auth = req
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{} auth={auth}", req.path));
                     let (status, headers, body) = answer(&files, &req);
                     let mut head =
                         format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());

@@ -115,6 +115,29 @@ impl PaliGemma {
                     .unwrap_or(serde_json::json!(10000.0));
                 o.insert("rope_theta".into(), theta);
             }
+            // The real repos' text_config leaves out what equals transformers' GemmaConfig
+            // defaults; candle's Gemma config needs every key.
+            let defaults = [
+                ("hidden_size", serde_json::json!(2048)),
+                ("intermediate_size", serde_json::json!(16384)),
+                ("num_hidden_layers", serde_json::json!(18)),
+                ("num_attention_heads", serde_json::json!(8)),
+                ("num_key_value_heads", serde_json::json!(1)),
+                ("head_dim", serde_json::json!(256)),
+                ("rms_norm_eps", serde_json::json!(1e-6)),
+                ("attention_bias", serde_json::json!(false)),
+                ("vocab_size", serde_json::json!(257216)),
+                ("max_position_embeddings", serde_json::json!(8192)),
+            ];
+            for (k, v) in defaults {
+                o.entry(k).or_insert(v);
+            }
+            if !o.contains_key("hidden_act") && !o.contains_key("hidden_activation") {
+                o.insert(
+                    "hidden_activation".into(),
+                    serde_json::json!("gelu_pytorch_tanh"),
+                );
+            }
         }
         let text_cfg: gemma::Config =
             serde_json::from_value(tc).map_err(|e| format!("config.json: text_config: {e}"))?;
