@@ -197,3 +197,36 @@ fn a_broken_model_folder_fails_its_trials_with_the_reason() {
     assert_eq!(run.outcome("bad::s::horse"), "FAILED");
     assert!(run.stdout.contains("config.json:1"), "{}", run.all());
 }
+
+#[test]
+fn every_architecture_runs_through_models_toml() {
+    let p = Project::new();
+    p.suite("s", SUITE);
+    let fx = root().join("tests/fixtures");
+    p.write(
+        "models.toml",
+        &format!(
+            "[defaults]\nmax_new_tokens = 3\n\n\
+             [models.llava]\nbackend = \"candle\"\narch = \"llava-next\"\npath = \"{}\"\n\n\
+             [models.pali]\nbackend = \"candle\"\narch = \"paligemma\"\npath = \"{}\"\n",
+            fx.join("llava-next").display(),
+            fx.join("paligemma").display()
+        ),
+    );
+    let run = p.run(&[], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert_eq!(run.outcome("llava::s::horse"), "ok");
+    assert_eq!(run.outcome("llava::s::words"), "ok");
+    assert_eq!(run.outcome("pali::s::horse"), "ok");
+    // PaliGemma cannot answer without an image: its text-only case is ignored, saying so.
+    assert_eq!(run.outcome("pali::s::words"), "ignored");
+    let r = p.report();
+    let pali = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "pali")
+        .unwrap()
+        .clone();
+    assert_eq!(pali["text_only"], false);
+}
