@@ -25,9 +25,12 @@ use serde::Deserialize;
 
 use super::llama::{Llama, LlamaConfig};
 use super::template::ChatTemplate;
-use super::{Prefill, Vlm, decode_image, generation_eos, load_tokenizer, read_json};
+use super::{
+    Prefill, Vlm, generation_eos, load_tokenizer, push_chw, read_json, request_images, resize_rgb,
+    splice_images,
+};
 use crate::backend::Request;
-use crate::resample::{Filter, resize};
+use crate::resample::Filter;
 
 #[derive(Debug, Clone, Deserialize)]
 struct VisionConfig {
@@ -359,22 +362,6 @@ impl LlavaNext {
         })
     }
 
-    fn resized(&self, img: &RgbImage, w: usize, h: usize) -> RgbImage {
-        if (w as u32, h as u32) == img.dimensions() {
-            return img.clone();
-        }
-        let px = resize(
-            img.as_raw(),
-            img.width() as usize,
-            img.height() as usize,
-            3,
-            w,
-            h,
-            self.filter,
-        );
-        RgbImage::from_raw(w as u32, h as u32, px).expect("resize returns w*h*3 bytes")
-    }
-
     /// `_preprocess` of one tile: resize, centre crop, rescale, normalise.
     fn push_tile(&self, img: &RgbImage, out: &mut Vec<f32>) {
         let mut img = img.clone();
@@ -392,7 +379,7 @@ impl LlavaNext {
                     self.resize_to,
                 )
             };
-            img = self.resized(&img, nw, nh);
+            img = resize_rgb(&img, nw, nh, self.filter);
         }
         if self.pre.do_center_crop {
             let (w, h) = (img.width() as usize, img.height() as usize);
@@ -404,21 +391,15 @@ impl LlavaNext {
                     .to_image();
             }
         }
-        if img.dimensions() != (self.tile as u32, self.tile as u32) {
-            img = self.resized(&img, self.tile, self.tile);
-        }
-        for ch in 0..3 {
-            for p in img.pixels() {
-                let mut v = p.0[ch] as f32;
-                if self.pre.do_rescale {
-                    v = (p.0[ch] as f64 * self.pre.rescale_factor) as f32;
-                }
-                if self.pre.do_normalize {
-                    v = (v - self.pre.image_mean[ch]) / self.pre.image_std[ch];
-                }
-                out.push(v);
-            }
-        }
+        push_chw(
+            &resize_rgb(&img, self.tile, self.tile, self.filter),
+            self.pre.do_rescale.then_some(self.pre.rescale_factor),
+            self.pre.do_normalize.then_some((
+                self.pre.image_mean.as_slice(),
+                self.pre.image_std.as_slice(),
+            )),
+            out,
+        );
     }
 
     /// The anyres processing of one image, with the number of `<image>` tokens it becomes.
@@ -426,7 +407,7 @@ impl LlavaNext {
         let (h, w) = (img.height() as usize, img.width() as usize);
         let best = select_best_resolution(h, w, &self.pinpoints);
         let (nh, nw) = fit_inside(h, w, best);
-        let fitted = self.resized(img, nw, nh);
+        let fitted = resize_rgb(img, nw, nh, self.filter);
         let (bh, bw) = best;
         let mut canvas = RgbImage::new(bw as u32, bh as u32);
         let (py, px) = if self.pre.do_pad {
@@ -436,7 +417,7 @@ impl LlavaNext {
         };
         image::imageops::replace(&mut canvas, &fitted, px as i64, py as i64);
         let mut pixels = Vec::new();
-        let base = self.resized(img, self.resize_to, self.resize_to);
+        let base = resize_rgb(img, self.resize_to, self.resize_to, self.filter);
         self.push_tile(&base, &mut pixels);
         let (rows, cols) = (bh / self.tile, bw / self.tile);
         for r in 0..rows {
@@ -540,21 +521,10 @@ impl LlavaNext {
     pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor, String> {
         self.text.reset();
         let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
-        let n = enc.ids.len();
         let ids = Tensor::new(enc.ids.as_slice(), &self.device).map_err(err)?;
         let embeds = self.text.embed(&ids).map_err(err)?;
-        let positions: Vec<usize> = enc
-            .ids
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t == self.image_token)
-            .map(|(i, _)| i)
-            .collect();
-        let embeds = if enc.images.is_empty() {
-            if !positions.is_empty() {
-                return Err("the prompt has <image> tokens but no image".into());
-            }
-            embeds
+        let feats = if enc.images.is_empty() {
+            None
         } else {
             let feats = enc
                 .images
@@ -562,23 +532,10 @@ impl LlavaNext {
                 .map(|p| self.image_features(p))
                 .collect::<candle_core::Result<Vec<_>>>()
                 .and_then(|f| Tensor::cat(&f, 0))
-                .and_then(|f| f.to_dtype(embeds.dtype()))
                 .map_err(err)?;
-            let m = feats.dim(0).map_err(err)?;
-            if m != positions.len() {
-                return Err(format!(
-                    "the prompt has {} <image> tokens for {m} image features",
-                    positions.len()
-                ));
-            }
-            let table = Tensor::cat(&[embeds, feats], 0).map_err(err)?;
-            let mut index: Vec<u32> = (0..n as u32).collect();
-            for (k, &p) in positions.iter().enumerate() {
-                index[p] = (n + k) as u32;
-            }
-            let index = Tensor::new(index.as_slice(), &self.device).map_err(err)?;
-            table.index_select(&index, 0).map_err(err)?
+            Some(feats)
         };
+        let embeds = splice_images(&embeds, &enc.ids, self.image_token, feats)?;
         self.text
             .forward_embeds(&embeds.unsqueeze(0).map_err(err)?)
             .map_err(err)
@@ -594,12 +551,7 @@ impl Vlm for LlavaNext {
         let prompt = self
             .template
             .render(&ChatTemplate::messages(request), true)?;
-        let images = request
-            .messages
-            .iter()
-            .flat_map(|m| m.images.iter())
-            .map(|i| decode_image(i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let images = request_images(request)?;
         let enc = self.encode(&prompt, &images)?;
         let logits = self.prefill_encoded(&enc)?;
         Ok(Prefill {

@@ -232,6 +232,110 @@ pub fn decode_image(image: &crate::config::image::Image) -> Result<image::RgbIma
         .map_err(|e| format!("cannot decode {}: {e}", image.shown))
 }
 
+/// Every image of the conversation, in order, decoded.
+pub fn request_images(request: &Request) -> Result<Vec<image::RgbImage>, String> {
+    request
+        .messages
+        .iter()
+        .flat_map(|m| m.images.iter())
+        .map(|i| decode_image(i))
+        .collect()
+}
+
+/// Pillow-exact resize of an RGB image (see [`crate::resample`]); a copy when the size is
+/// already `w` × `h`.
+pub fn resize_rgb(
+    img: &image::RgbImage,
+    w: usize,
+    h: usize,
+    filter: crate::resample::Filter,
+) -> image::RgbImage {
+    if (w as u32, h as u32) == img.dimensions() {
+        return img.clone();
+    }
+    let px = crate::resample::resize(
+        img.as_raw(),
+        img.width() as usize,
+        img.height() as usize,
+        3,
+        w,
+        h,
+        filter,
+    );
+    image::RgbImage::from_raw(w as u32, h as u32, px).expect("resize returns w*h*3 bytes")
+}
+
+/// Appends `img` channel-first as the Hugging Face image processors make it: each value times
+/// `rescale` (computed in f64, stored as f32), then `(v - mean) / std` per channel.
+pub fn push_chw(
+    img: &image::RgbImage,
+    rescale: Option<f64>,
+    normalize: Option<(&[f32], &[f32])>,
+    out: &mut Vec<f32>,
+) {
+    out.reserve(3 * img.width() as usize * img.height() as usize);
+    for ch in 0..3 {
+        for p in img.pixels() {
+            let mut v = p.0[ch] as f32;
+            if let Some(r) = rescale {
+                v = (p.0[ch] as f64 * r) as f32;
+            }
+            if let Some((mean, std)) = normalize {
+                v = (v - mean[ch]) / std[ch];
+            }
+            out.push(v);
+        }
+    }
+}
+
+/// Puts the image features into the text: the embedding at each `image_token` position is
+/// replaced by the next row of `features`, in order, as transformers' models merge them.
+/// `embeds` is `[n, hidden]`, `features` `[m, hidden]`; the result is `[n, hidden]`.
+pub fn splice_images(
+    embeds: &Tensor,
+    ids: &[u32],
+    image_token: u32,
+    features: Option<Tensor>,
+) -> Result<Tensor, String> {
+    let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
+    let positions: Vec<usize> = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == image_token)
+        .map(|(i, _)| i)
+        .collect();
+    let Some(features) = features else {
+        if positions.is_empty() {
+            return Ok(embeds.clone());
+        }
+        return Err(format!(
+            "the prompt has {} <image> tokens but no image",
+            positions.len()
+        ));
+    };
+    let m = features.dim(0).map_err(err)?;
+    if m != positions.len() {
+        return Err(format!(
+            "the prompt has {} <image> tokens for {m} image features",
+            positions.len()
+        ));
+    }
+    // Rows 0..n of the table are the text embeddings, n.. the image features; each position
+    // takes its row.
+    let n = ids.len();
+    let table = features
+        .to_dtype(embeds.dtype())
+        .and_then(|f| Tensor::cat(&[embeds, &f], 0))
+        .map_err(err)?;
+    let mut index: Vec<u32> = (0..n as u32).collect();
+    for (k, &p) in positions.iter().enumerate() {
+        index[p] = (n + k) as u32;
+    }
+    Tensor::new(index.as_slice(), embeds.device())
+        .and_then(|index| table.index_select(&index, 0))
+        .map_err(err)
+}
+
 /// The device a spec asks for, with a clear error when this build cannot provide it.
 pub fn device(name: &str) -> Result<Device, String> {
     match name {

@@ -20,9 +20,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::moondream;
 use image::RgbImage;
 
-use super::{Prefill, Vlm, decode_image, load_tokenizer, read_json};
+use super::{Prefill, Vlm, decode_image, load_tokenizer, read_json, resize_rgb};
 use crate::backend::{Request, Role};
-use crate::resample::{Filter, resize};
+use crate::resample::Filter;
 
 /// The side of the square the vision encoder takes.
 pub const SIDE: usize = 378;
@@ -36,21 +36,15 @@ pub struct Moondream {
     dtype: DType,
 }
 
-/// The image as the vision encoder takes it: `[3, 378, 378]`, normalised.
+/// The image as the vision encoder takes it: `[3, 378, 378]`, normalised. The scaling divides
+/// by 255 in f32, as the repo's torchvision `ToDtype(float32, scale=True)` does, not in f64 as
+/// transformers' image processors (and [`super::push_chw`]) do.
 pub fn pixels(img: &RgbImage) -> Vec<f32> {
-    let px = resize(
-        img.as_raw(),
-        img.width() as usize,
-        img.height() as usize,
-        3,
-        SIDE,
-        SIDE,
-        Filter::Bicubic,
-    );
+    let img = resize_rgb(img, SIDE, SIDE, Filter::Bicubic);
     let mut out = vec![0f32; 3 * SIDE * SIDE];
-    for (i, p) in px.chunks_exact(3).enumerate() {
+    for (i, p) in img.pixels().enumerate() {
         for ch in 0..3 {
-            out[ch * SIDE * SIDE + i] = (p[ch] as f32 / 255.0 - 0.5) / 0.5;
+            out[ch * SIDE * SIDE + i] = (p.0[ch] as f32 / 255.0 - 0.5) / 0.5;
         }
     }
     out

@@ -22,9 +22,12 @@ use super::siglip::{Act, Dims, VisionEncoder};
 use image::RgbImage;
 use serde::Deserialize;
 
-use super::{Prefill, Vlm, decode_image, generation_eos, load_tokenizer, read_json};
+use super::{
+    Prefill, Vlm, generation_eos, load_tokenizer, push_chw, read_json, request_images, resize_rgb,
+    splice_images,
+};
 use crate::backend::{Request, Role};
-use crate::resample::{Filter, resize};
+use crate::resample::Filter;
 
 #[derive(Debug, Clone, Deserialize)]
 struct Config {
@@ -229,33 +232,23 @@ impl PaliGemma {
     /// Resizes to the model's square and normalises: `[3, H, W]` values.
     pub fn pixels(&self, img: &RgbImage) -> Vec<f32> {
         let (w, h) = (self.pre.size.width, self.pre.size.height);
-        let img = if self.pre.do_resize && img.dimensions() != (w as u32, h as u32) {
-            let px = resize(
-                img.as_raw(),
-                img.width() as usize,
-                img.height() as usize,
-                3,
-                w,
-                h,
-                self.filter,
-            );
-            RgbImage::from_raw(w as u32, h as u32, px).expect("resize returns w*h*3 bytes")
+        let resized;
+        let img = if self.pre.do_resize {
+            resized = resize_rgb(img, w, h, self.filter);
+            &resized
         } else {
-            img.clone()
+            img
         };
-        let mut out = Vec::with_capacity(3 * w * h);
-        for ch in 0..3 {
-            for p in img.pixels() {
-                let mut v = p.0[ch] as f32;
-                if self.pre.do_rescale {
-                    v = (p.0[ch] as f64 * self.pre.rescale_factor) as f32;
-                }
-                if self.pre.do_normalize {
-                    v = (v - self.pre.image_mean[ch]) / self.pre.image_std[ch];
-                }
-                out.push(v);
-            }
-        }
+        let mut out = Vec::new();
+        push_chw(
+            img,
+            self.pre.do_rescale.then_some(self.pre.rescale_factor),
+            self.pre.do_normalize.then_some((
+                self.pre.image_mean.as_slice(),
+                self.pre.image_std.as_slice(),
+            )),
+            &mut out,
+        );
         out
     }
 
@@ -295,53 +288,20 @@ impl PaliGemma {
         let n = enc.ids.len();
         let ids = Tensor::new(enc.ids.as_slice(), &self.device).map_err(err)?;
         let embeds = self.text.embed_tokens().forward(&ids).map_err(err)?;
-        let positions: Vec<usize> = enc
-            .ids
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t == self.image_token)
-            .map(|(i, _)| i)
-            .collect();
-        let embeds = match &enc.pixels {
-            None if positions.is_empty() => embeds,
-            None => return Err("the prompt has <image> tokens but no image".into()),
-            Some(px) => {
-                // transformers divides by √hidden; Gemma multiplies every input embedding by it.
-                let feats = self
-                    .vision
+        // transformers divides the image features by √hidden; Gemma then multiplies every input
+        // embedding, text and image alike, by √hidden.
+        let feats = match &enc.pixels {
+            None => None,
+            Some(px) => Some(
+                self.vision
                     .forward(px)
                     .and_then(|f| self.proj.forward(&f))
                     .and_then(|f| f / (self.hidden as f64).sqrt())
-                    .map_err(err)?;
-                let (b, per, h) = feats.dims3().map_err(err)?;
-                if b * per != positions.len() {
-                    return Err(format!(
-                        "the prompt has {} <image> tokens for {} image features",
-                        positions.len(),
-                        b * per
-                    ));
-                }
-                // The image features, divided by √hidden here, are multiplied back by Gemma's
-                // embedding scale; text embeddings are scaled by it as transformers does.
-                let table = Tensor::cat(
-                    &[
-                        embeds.clone(),
-                        feats
-                            .reshape((b * per, h))
-                            .and_then(|f| f.to_dtype(embeds.dtype()))
-                            .map_err(err)?,
-                    ],
-                    0,
-                )
-                .map_err(err)?;
-                let mut index: Vec<u32> = (0..n as u32).collect();
-                for (k, &p) in positions.iter().enumerate() {
-                    index[p] = (n + k) as u32;
-                }
-                let index = Tensor::new(index.as_slice(), &self.device).map_err(err)?;
-                table.index_select(&index, 0).map_err(err)?
-            }
+                    .and_then(|f| f.flatten_to(1))
+                    .map_err(err)?,
+            ),
         };
+        let embeds = splice_images(&embeds, &enc.ids, self.image_token, feats)?;
         let logits = self
             .text
             .forward_embeds(&embeds.unsqueeze(0).map_err(err)?, None, 0)
@@ -367,12 +327,7 @@ impl Vlm for PaliGemma {
             .find(|m| m.role == Role::User)
             .map(|m| m.text.clone())
             .unwrap_or_default();
-        let images = request
-            .messages
-            .iter()
-            .flat_map(|m| m.images.iter())
-            .map(|i| decode_image(i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let images = request_images(request)?;
         if images.is_empty() {
             return Err(
                 "PaliGemma needs an image (declare the model with text_only = false)".into(),

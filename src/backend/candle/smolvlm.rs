@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 use image::RgbImage;
 use serde::Deserialize;
@@ -22,9 +22,12 @@ use serde::Deserialize;
 use super::llama::{Llama, LlamaConfig};
 use super::siglip::{Act, Dims, VisionEncoder};
 use super::template::ChatTemplate;
-use super::{Prefill, Vlm, decode_image, generation_eos, load_tokenizer, read_json};
+use super::{
+    Prefill, Vlm, generation_eos, load_tokenizer, push_chw, read_json, request_images, resize_rgb,
+    splice_images,
+};
 use crate::backend::Request;
-use crate::resample::{Filter, resize};
+use crate::resample::Filter;
 
 /// Idefics3/SmolVLM's `vision_config` (defaults: transformers' `Idefics3VisionConfig`).
 #[derive(Debug, Clone, Deserialize)]
@@ -225,22 +228,6 @@ impl Processor {
         (h.max(1), w.max(1))
     }
 
-    fn resized(&self, img: &RgbImage, w: usize, h: usize) -> RgbImage {
-        if (w as u32, h as u32) == img.dimensions() {
-            return img.clone();
-        }
-        let px = resize(
-            img.as_raw(),
-            img.width() as usize,
-            img.height() as usize,
-            3,
-            w,
-            h,
-            self.filter,
-        );
-        RgbImage::from_raw(w as u32, h as u32, px).expect("resize returns w*h*3 bytes")
-    }
-
     /// Resizes, splits (unless `split` is false) and normalises one image.
     pub fn process(&self, img: &RgbImage, split: Option<bool>) -> ProcessedImage {
         let cfg = &self.cfg;
@@ -252,7 +239,7 @@ impl Processor {
                 img.width() as usize,
                 cfg.size.longest_edge,
             );
-            img = self.resized(&img, w, h);
+            img = resize_rgb(&img, w, h, self.filter);
         }
         let mut frames = Vec::new();
         let (mut rows, mut cols) = (0, 0);
@@ -269,7 +256,7 @@ impl Processor {
                 let w = trunc(h as f64 * aspect).div_ceil(tile) * tile;
                 (h, w)
             };
-            img = self.resized(&img, w.max(tile), h.max(tile));
+            img = resize_rgb(&img, w.max(tile), h.max(tile), self.filter);
             let (h, w) = (img.height() as usize, img.width() as usize);
             if h > tile || w > tile {
                 rows = h.div_ceil(tile);
@@ -291,32 +278,22 @@ impl Processor {
                         frames.push(crop);
                     }
                 }
-                img = self.resized(&img, tile, tile);
+                img = resize_rgb(&img, tile, tile, self.filter);
             }
             frames.push(img);
         } else {
-            frames.push(self.resized(&img, tile, tile));
+            frames.push(resize_rgb(&img, tile, tile, self.filter));
         }
         // Every frame is tile × tile here (the resize above makes the sides multiples of it).
         let mut pixels = Vec::with_capacity(frames.len() * 3 * tile * tile);
         for f in &frames {
-            let f = if f.dimensions() != (tile as u32, tile as u32) {
-                self.resized(f, tile, tile)
-            } else {
-                f.clone()
-            };
-            for ch in 0..3 {
-                for p in f.pixels() {
-                    let mut v = p.0[ch] as f32;
-                    if cfg.do_rescale {
-                        v = (p.0[ch] as f64 * cfg.rescale_factor) as f32;
-                    }
-                    if cfg.do_normalize {
-                        v = (v - cfg.image_mean[ch]) / cfg.image_std[ch];
-                    }
-                    pixels.push(v);
-                }
-            }
+            push_chw(
+                &resize_rgb(f, tile, tile, self.filter),
+                cfg.do_rescale.then_some(cfg.rescale_factor),
+                cfg.do_normalize
+                    .then_some((cfg.image_mean.as_slice(), cfg.image_std.as_slice())),
+                &mut pixels,
+            );
         }
         ProcessedImage {
             pixels,
@@ -545,27 +522,10 @@ impl SmolVlm {
         self.text.reset();
         self.last_prefill.vision_s = 0.0;
         let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
-        let n = enc.ids.len();
         let ids = Tensor::new(enc.ids.as_slice(), &self.device).map_err(err)?;
-        let embeds = self
-            .text
-            .embed(&ids.unsqueeze(0).map_err(err)?)
-            .map_err(err)?;
-        let image_positions: Vec<usize> = enc
-            .ids
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t == self.image_token)
-            .map(|(i, _)| i)
-            .collect();
-        let embeds = match &enc.pixels {
-            None if image_positions.is_empty() => embeds,
-            None => {
-                return Err(format!(
-                    "the prompt has {} <image> tokens but no image",
-                    image_positions.len()
-                ));
-            }
+        let embeds = self.text.embed(&ids).map_err(err)?;
+        let feats = match &enc.pixels {
+            None => None,
             Some(px) => {
                 let start = std::time::Instant::now();
                 let tiles = px.dim(0).map_err(err)?;
@@ -579,40 +539,16 @@ impl SmolVlm {
                         .map_err(err)?;
                     chunks.push(f);
                 }
-                let feats = Tensor::cat(&chunks, 0).map_err(err)?;
+                let feats = Tensor::cat(&chunks, 0)
+                    .and_then(|f| f.flatten_to(1))
+                    .map_err(err)?;
                 self.last_prefill.vision_s = start.elapsed().as_secs_f64();
-                let (tiles, per, h) = feats.dims3().map_err(err)?;
-                if tiles * per != image_positions.len() {
-                    return Err(format!(
-                        "the prompt has {} <image> tokens for {} image features",
-                        image_positions.len(),
-                        tiles * per
-                    ));
-                }
-                // Rows 0..n are the text embeddings, n.. the image features; each position
-                // takes its row.
-                let table = Tensor::cat(
-                    &[
-                        embeds.i(0).map_err(err)?,
-                        feats
-                            .reshape((tiles * per, h))
-                            .and_then(|f| f.to_dtype(embeds.dtype()))
-                            .map_err(err)?,
-                    ],
-                    0,
-                )
-                .map_err(err)?;
-                let mut index: Vec<u32> = (0..n as u32).collect();
-                for (k, &p) in image_positions.iter().enumerate() {
-                    index[p] = (n + k) as u32;
-                }
-                let index = Tensor::new(index.as_slice(), &self.device).map_err(err)?;
-                table
-                    .index_select(&index, 0)
-                    .and_then(|t| t.unsqueeze(0))
-                    .map_err(err)?
+                Some(feats)
             }
         };
+        let embeds = splice_images(&embeds, &enc.ids, self.image_token, feats)?
+            .unsqueeze(0)
+            .map_err(err)?;
         let start = std::time::Instant::now();
         let logits = self.text.forward_embeds(&embeds).map_err(err)?;
         self.last_prefill.text_s = start.elapsed().as_secs_f64();
@@ -630,12 +566,7 @@ impl Vlm for SmolVlm {
         let prompt = self
             .template
             .render(&ChatTemplate::messages(request), true)?;
-        let images = request
-            .messages
-            .iter()
-            .flat_map(|m| m.images.iter())
-            .map(|i| decode_image(i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let images = request_images(request)?;
         let enc = self.encode(&prompt, &images, None)?;
         let preprocess_s = start.elapsed().as_secs_f64();
         let logits = self.prefill_encoded(&enc)?;
