@@ -2,28 +2,23 @@
 //! models in the Hugging Face cache, unavailable models, and one model resident at a time.
 
 mod common;
+#[path = "common/golden.rs"]
+mod golden;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{Project, outcomes};
+use golden::copy_dir;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn tiny() -> PathBuf {
-    root().join("tests/fixtures/smolvlm")
+    golden::fixtures().join("smolvlm")
 }
 
 const SUITE: &str = "name: s\ncases:\n  - id: horse\n    image: images/horse.png\n    question: What animal is this?\n    expect: { regex: \"(?s).\" }\n  - id: words\n    question: Say hello.\n    expect: { regex: \"(?s).\" }\n";
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
 
 #[test]
 fn the_offline_profile_runs_the_whole_pipeline_and_matches_its_snapshots() {
@@ -72,7 +67,7 @@ fn a_model_in_the_hugging_face_cache_is_found_offline() {
     let commit = "c0ffee0000000000000000000000000000000001";
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), commit).unwrap();
-    copy_dir(&tiny(), &repo.join("snapshots").join(commit));
+    copy_dir(&tiny(), &repo.join("snapshots").join(commit), &[]);
     p.write(
         "models.toml",
         "[models.tiny]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"tiny-org/SmolVLM-tiny\"\nmax_new_tokens = 4\n",
@@ -186,7 +181,7 @@ fn a_broken_model_folder_fails_its_trials_with_the_reason() {
     let p = Project::new();
     p.suite("s", SUITE);
     let broken = p.path("broken");
-    copy_dir(&tiny(), &broken);
+    copy_dir(&tiny(), &broken, &[]);
     std::fs::write(broken.join("config.json"), "{ not json").unwrap();
     p.write(
         "models.toml",
@@ -202,7 +197,7 @@ fn a_broken_model_folder_fails_its_trials_with_the_reason() {
 fn every_architecture_runs_through_models_toml() {
     let p = Project::new();
     p.suite("s", SUITE);
-    let fx = root().join("tests/fixtures");
+    let fx = golden::fixtures();
     p.write(
         "models.toml",
         &format!(

@@ -76,10 +76,7 @@ fn a_text_config_with_only_the_keys_the_real_repos_write_loads() {
     // google/paligemma-3b-*'s config.json leaves the GemmaConfig defaults out of text_config.
     let t = tempfile::tempdir().unwrap();
     let src = fixtures().join("paligemma");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), t.path().join(e.file_name())).unwrap();
-    }
+    copy_dir(&src, t.path(), &[]);
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     let text = cfg["text_config"].as_object_mut().unwrap();

@@ -183,10 +183,7 @@ fn multi_turn_conversations_keep_their_images_and_history() {
 fn a_broken_checkpoint_is_an_error_not_a_panic() {
     let t = tempfile::tempdir().unwrap();
     let src = fixtures().join("smolvlm");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), t.path().join(e.file_name())).unwrap();
-    }
+    copy_dir(&src, t.path(), &[]);
     // A config whose text model is wider than the weights.
     let cfg = std::fs::read_to_string(t.path().join("config.json")).unwrap();
     std::fs::write(
@@ -220,12 +217,7 @@ fn a_broken_checkpoint_is_an_error_not_a_panic() {
 fn a_sharded_checkpoint_loads_through_its_index() {
     let t = tempfile::tempdir().unwrap();
     let src = fixtures().join("smolvlm");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != "model.safetensors" {
-            std::fs::copy(e.path(), t.path().join(e.file_name())).unwrap();
-        }
-    }
+    copy_dir(&src, t.path(), &["model.safetensors"]);
     // Split the weights in two shards, as the Hub's large repos are, with the index.
     let all = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     let mut names: Vec<&String> = all.keys().collect();

@@ -12,6 +12,17 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Copies the files of `from` into `to` (created), leaving out those named in `skip`.
+pub fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if !skip.iter().any(|s| e.file_name() == *s) {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 pub fn golden(arch: &str) -> Value {
     let text = std::fs::read_to_string(fixtures().join(arch).join("golden.json")).unwrap();
     serde_json::from_str(&text).unwrap()
