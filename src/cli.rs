@@ -32,7 +32,8 @@ enum Command {
     /// Output lines: {"score": <f64>, "passed": <bool>}, plus "id" when the input has one;
     /// a bad line gives {"error": "...", "line": N} and a non-zero exit at the end.
     Score {
-        /// `vqa`, `any_of`, `exact`, `contains_any` (with per-line answers), or a rule as YAML
+        /// `vqa` (official VQA v2 accuracy), `vqa_pre2021` (the official script before its 2021
+        /// fix), `any_of`, `exact`, `contains_any` (with per-line answers), or a rule as YAML
         /// flow or JSON.
         #[arg(long)]
         rule: String,
@@ -81,6 +82,7 @@ fn parse_rule(text: &str) -> Result<Scorer, String> {
     let t = text.trim();
     let per_line: Option<fn(Vec<String>) -> Rule> = match t {
         "vqa" => Some(Rule::Vqa),
+        "vqa_pre2021" => Some(Rule::VqaPre2021),
         "any_of" => Some(Rule::AnyOf),
         "contains_any" => Some(Rule::ContainsAny),
         "exact" => Some(|a: Vec<String>| Rule::Any(a.into_iter().map(Rule::Exact).collect())),
@@ -91,7 +93,7 @@ fn parse_rule(text: &str) -> Result<Scorer, String> {
     }
     let raw: RawRule = serde_yaml::from_str(t).map_err(|e| {
         format!(
-            "--rule: {} (expected vqa, any_of, exact, contains_any, or a rule such as '{{contains: cat}}' with one of: {})",
+            "--rule: {} (expected vqa, vqa_pre2021, any_of, exact, contains_any, or a rule such as '{{contains: cat}}' with one of: {})",
             crate::config::text::yaml_error(&e).0,
             crate::config::suite::RULE_NAMES
         )

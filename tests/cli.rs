@@ -43,12 +43,51 @@ fn vqa_scores_match_the_official_evaluation() {
     assert_eq!(code, Some(0));
     let scores: Vec<f64> = out.iter().map(|v| v["score"].as_f64().unwrap()).collect();
     assert_eq!(scores.len(), 4, "blank lines are skipped");
-    // 10 matches → 1; 2 matches → 0.6; 3 matches → 0.9; 1 match → 0.3 (the official leave-one-out mean)
-    for (got, want) in scores.iter().zip([1.0, 0.6, 0.9, 0.3]) {
+    // Unanimous answers are compared verbatim (a013f00): "Two." ≠ "2" → 0; 2 matches → 0.6;
+    // 3 matches → 0.9; 1 match → 0.3 (the official leave-one-out mean)
+    for (got, want) in scores.iter().zip([0.0, 0.6, 0.9, 0.3]) {
         assert!((got - want).abs() < 1e-9, "{scores:?}");
     }
     let passed: Vec<bool> = out.iter().map(|v| v["passed"].as_bool().unwrap()).collect();
-    assert_eq!(passed, [true, true, true, false]);
+    assert_eq!(passed, [false, true, true, false]);
+}
+
+/// `vlmtest score` against the official vqaEval.py itself: 765 adversarial questions scored by
+/// the unmodified script under Python 2.7 (tests/fixtures/vqa/make_vqa_goldens.py), for the
+/// current version (`vqa`, a013f00) and the one before its 2021 fix (`vqa_pre2021`, a4f1afd).
+/// The scores must be equal to the last bit: vlmtest sums as Python does.
+#[test]
+fn vqa_scores_equal_the_official_script_on_adversarial_inputs() {
+    for (rule, file) in [
+        ("vqa", "official_a013f00.jsonl"),
+        ("vqa_pre2021", "official_a4f1afd.jsonl"),
+    ] {
+        let path = format!("{}/tests/fixtures/vqa/{file}", env!("CARGO_MANIFEST_DIR"));
+        let golden = std::fs::read_to_string(&path).unwrap();
+        let (code, out, err) = score(&["--rule", rule], &golden);
+        assert_eq!(code, Some(0), "{err}");
+        let lines: Vec<serde_json::Value> = golden
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(out.len(), lines.len());
+        let mut wrong = Vec::new();
+        for (got, want) in out.iter().zip(&lines) {
+            if got["score"].as_f64() != want["score"].as_f64() {
+                wrong.push(format!(
+                    "{} vs {}: answers {} prediction {}",
+                    got["score"], want["score"], want["answers"], want["prediction"]
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "--rule {rule}: {} of {} differ from the official script:\n{}",
+            wrong.len(),
+            lines.len(),
+            wrong.join("\n")
+        );
+    }
 }
 
 #[test]

@@ -130,10 +130,16 @@ bad_suite!(
     "suites/bad.yaml:2: prompt template \"Answer briefly.\" has no `{question}` placeholder"
 );
 bad_suite!(
-    unnormalised_vqa_answers,
-    "cases:\n  - id: a\n    question: q\n    answers: [\"4\", four, \"4\"]\n",
-    "suites/bad.yaml:4: human answer \"four\" can never match",
-    "write \"4\""
+    single_vqa_answer,
+    "cases:\n  - id: a\n    question: q\n    answers: [cat]\n",
+    "suites/bad.yaml:4: a single human answer always scores 0 under VQA accuracy",
+    "use `score: any_of`"
+);
+bad_suite!(
+    too_few_vqa_answers_for_pass_at,
+    "cases:\n  - id: a\n    question: q\n    pass_at: 0.9\n    answers: [cat, cat, cat]\n",
+    "suites/bad.yaml:5: with 3 human answers the best VQA accuracy is 0.667, below pass_at 0.9",
+    "expected at least 4 answers"
 );
 bad_suite!(
     choice_out_of_range,

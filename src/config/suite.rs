@@ -117,6 +117,8 @@ struct RawDefaults {
 #[serde(rename_all = "snake_case")]
 enum ScoreKind {
     Vqa,
+    #[serde(rename = "vqa_pre2021")]
+    VqaPre2021,
     Exact,
     AnyOf,
     ContainsAny,
@@ -646,14 +648,26 @@ pub fn load_suite(
                     None
                 }
                 (Some(a), None) => Some(match score {
-                    ScoreKind::Vqa => {
-                        for (bad, good) in crate::score::vqa::unmatchable(a) {
+                    ScoreKind::Vqa | ScoreKind::VqaPre2021 => {
+                        let best = crate::score::vqa::best_possible(a.len());
+                        let pass_at = rc.pass_at.or(d.pass_at).unwrap_or(0.5);
+                        if a.len() == 1 {
+                            errors.push(err(tl("answers"), "a single human answer always scores 0 under VQA accuracy \
+                                 (each answer is left out once and the prediction must match 1 of the others); \
+                                 give the question's human answers (VQA v2 has 10), or use `score: any_of`".into()));
+                        } else if !multi && best + 1e-12 < pass_at {
                             errors.push(err(tl("answers"), format!(
-                                "human answer {bad:?} can never match: the official VQA scorer normalises predictions \
-                                 (lowercase, number words as digits, no articles) but compares them with the answers as written; write {good:?}"
+                                "with {} human answers the best VQA accuracy is {best:.3}, below pass_at {pass_at}, so the case \
+                                 can never pass (expected at least {} answers, or a lower pass_at)",
+                                a.len(),
+                                (1..).find(|&n| crate::score::vqa::best_possible(n) + 1e-12 >= pass_at).unwrap_or(4)
                             )));
                         }
-                        Rule::Vqa(a.clone())
+                        if matches!(score, ScoreKind::Vqa) {
+                            Rule::Vqa(a.clone())
+                        } else {
+                            Rule::VqaPre2021(a.clone())
+                        }
                     }
                     ScoreKind::Exact => Rule::Any(a.iter().cloned().map(Rule::Exact).collect()),
                     ScoreKind::AnyOf => Rule::AnyOf(a.clone()),

@@ -13,8 +13,10 @@ use regex::Regex;
 /// A checked scoring rule.
 #[derive(Debug, Clone)]
 pub enum Rule {
-    /// Official VQA v2 accuracy against human answers.
+    /// Official VQA v2 accuracy against human answers (vqaEval.py as of a013f00, 2021).
     Vqa(Vec<String>),
+    /// VQA v2 accuracy as the official script computed it before 2021 (see [`vqa`]).
+    VqaPre2021(Vec<String>),
     /// Equality after trimming, case-sensitive.
     Exact(String),
     /// Normalised equality with any of the strings.
@@ -56,6 +58,7 @@ impl Rule {
     pub fn name(&self) -> &'static str {
         match self {
             Rule::Vqa(_) => "vqa",
+            Rule::VqaPre2021(_) => "vqa_pre2021",
             Rule::Exact(_) => "exact",
             Rule::AnyOf(_) => "any_of",
             Rule::Contains(_) => "contains",
@@ -77,6 +80,7 @@ impl Rule {
         let b = |x: bool| if x { 1.0 } else { 0.0 };
         match self {
             Rule::Vqa(answers) => vqa::accuracy(answers, answer),
+            Rule::VqaPre2021(answers) => vqa::accuracy_pre2021(answers, answer),
             Rule::Exact(s) => b(answer.trim() == s.trim()),
             Rule::AnyOf(options) => {
                 let n = normalize(answer);
@@ -170,7 +174,7 @@ impl fmt::Display for Rule {
                 .join(", ")
         };
         match self {
-            Rule::Vqa(answers) => {
+            Rule::Vqa(answers) | Rule::VqaPre2021(answers) => {
                 // "orange ×7, ginger, tan": the human answers with their counts, most common first.
                 let mut counts: Vec<(String, usize)> = Vec::new();
                 for a in answers {
@@ -190,7 +194,7 @@ impl fmt::Display for Rule {
                         }
                     })
                     .collect();
-                write!(f, "vqa over [{}]", parts.join(", "))
+                write!(f, "{} over [{}]", self.name(), parts.join(", "))
             }
             Rule::Exact(s) => write!(f, "exactly {s:?}"),
             Rule::AnyOf(v) => write!(f, "any of [{}]", list(v)),
