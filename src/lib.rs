@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod harness;
 pub mod interrupt;
+pub mod kinds;
 pub mod plan;
 pub mod report;
 pub mod resample;

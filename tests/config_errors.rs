@@ -290,7 +290,7 @@ bad_models!(empty_models, "", "models.toml: file is empty");
 bad_models!(
     candle_unknown_arch,
     "[models.m]\nbackend = \"candle\"\narch = \"smolvml\"\nrepo = \"HuggingFaceTB/SmolVLM-256M-Instruct\"\n",
-    "models.toml:3: unknown arch `smolvml` (expected one of: smolvlm, moondream2, llava-next, paligemma)"
+    "models.toml:3: unknown arch `smolvml`, expected one of `smolvlm`, `moondream2`, `llava-next`, `paligemma`"
 );
 bad_models!(
     candle_needs_a_source,
@@ -306,8 +306,8 @@ bad_models!(
     candle_bad_repo_dtype_device,
     "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"SmolVLM\"\ndtype = \"fp8\"\ndevice = \"tpu\"\n",
     "models.toml:4: `repo` must name a Hugging Face repo",
-    "models.toml:5: unknown dtype `fp8` (expected f32, f16 or bf16)",
-    "models.toml:6: unknown device `tpu` (expected cpu, cuda, metal or auto)"
+    "models.toml:5: unknown dtype `fp8`, expected one of `f32`, `f16`, `bf16`",
+    "models.toml:6: unknown device `tpu`, expected one of `cpu`, `cuda`, `metal`, `auto`"
 );
 bad_models!(
     candle_revision_with_path,
@@ -318,6 +318,38 @@ bad_models!(
     candle_key_on_openai,
     "[models.m]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\narch = \"smolvlm\"\n",
     "models.toml:5: key `arch` does not apply to backend `openai`"
+);
+
+bad_models!(
+    missing_backend,
+    "[models.m]\nbase_url = \"http://x/v1\"\n",
+    "models.toml:1: model `m` has no `backend` (expected one of: candle, openai, llama-server)"
+);
+bad_models!(
+    backend_not_a_string,
+    "[models.m]\nbackend = 3\n",
+    "models.toml:2: model `m`: `backend` must be a string, found integer"
+);
+bad_models!(
+    unknown_top_level_key,
+    "[model.m]\nbackend = \"openai\"\n",
+    "models.toml:1: unknown top-level key `model` (expected `defaults` or `models`)"
+);
+bad_models!(
+    unknown_default_key_has_its_line,
+    "[defaults]\nmax_new_tokens = 8\ntemprature = 0.1\n\n[models.m]\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"x\"\n",
+    "models.toml:3: [defaults]: unknown field `temprature`, expected one of"
+);
+bad_models!(
+    default_out_of_range_points_at_defaults,
+    "[defaults]\ntemperature = 9.0\n\n[models.m]\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"x\"\n",
+    "models.toml:2: `temperature` must be between 0 and 5, got 9"
+);
+bad_models!(
+    several_errors_of_several_models_at_once,
+    "[models.a]\nbackend = \"openai\"\nmodel = \"x\"\n\n[models.b]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"a/b\"\nconcurrency = 2\n",
+    "models.toml:1: model `a`: backend `openai` needs `base_url`",
+    "models.toml:9: key `concurrency` does not apply to backend `candle` (its keys: arch, repo, revision, path, dtype, device)"
 );
 
 #[test]

@@ -1,13 +1,19 @@
-//! models.toml: raw serde types, then checked model specs.
+//! models.toml: one raw serde struct per backend (`deny_unknown_fields`, so a key that does not
+//! belong is always caught), read from the spanned TOML tree so every error has its line; then
+//! checked model specs.
 
-use std::ops::Range;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::{self, IgnoredAny};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::suite::valid_id;
 use crate::error::{ConfigError, ConfigErrors, line_of_offset, read_text};
+use crate::kinds::{self, Arch, BackendKind, DType, DeviceKind};
 
 /// The checked models.toml.
 #[derive(Debug, Clone)]
@@ -66,20 +72,18 @@ pub enum ModelSource {
 /// A model run in-process on candle.
 #[derive(Debug, Clone)]
 pub struct CandleSpec {
-    pub arch: String,
+    pub arch: Arch,
     pub source: ModelSource,
-    /// f32 | f16 | bf16
-    pub dtype: String,
-    /// cpu | cuda | metal | auto
-    pub device: String,
+    pub dtype: DType,
+    pub device: DeviceKind,
 }
 
 impl BackendSpec {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> BackendKind {
         match self {
-            BackendSpec::OpenAi(_) => "openai",
-            BackendSpec::LlamaServer(_) => "llama-server",
-            BackendSpec::Candle(_) => "candle",
+            BackendSpec::OpenAi(_) => BackendKind::Openai,
+            BackendSpec::LlamaServer(_) => BackendKind::LlamaServer,
+            BackendSpec::Candle(_) => BackendKind::Candle,
         }
     }
 }
@@ -121,293 +125,335 @@ pub struct OpenAiSpec {
     pub concurrency: usize,
 }
 
-/// The backends users may name, with the keys each one takes.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-enum BackendKind {
-    Candle,
-    Openai,
-    LlamaServer,
-}
+// ---------------------------------------------------------------------------------------------
+// Raw types: one struct per backend. Every key a model may have is a field of its backend's
+// struct, so serde refuses anything else; the lists of keys in messages are read back from
+// these structs ([`fields_of`]), never kept by hand.
 
-const COMMON_KEYS: &[&str] = &[
-    "backend",
-    "enabled",
-    "max_new_tokens",
-    "temperature",
-    "seed",
-    "system_prompt",
-    "text_only",
-    "latency_scale",
-];
-
-impl BackendKind {
-    fn name(self) -> &'static str {
-        match self {
-            BackendKind::Candle => "candle",
-            BackendKind::Openai => "openai",
-            BackendKind::LlamaServer => "llama-server",
+/// Declares a backend's raw struct: the keys every model takes, then the backend's own.
+macro_rules! raw_model {
+    ($name:ident { $($field:ident : $ty:ty,)* }) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)] // RawCommon is only probed for its keys
+        struct $name {
+            /// The tag, read before this struct is chosen.
+            #[allow(dead_code)]
+            backend: IgnoredAny,
+            enabled: Option<bool>,
+            max_new_tokens: Option<Spanned<u32>>,
+            temperature: Option<Spanned<f64>>,
+            seed: Option<u64>,
+            system_prompt: Option<String>,
+            text_only: Option<bool>,
+            latency_scale: Option<Spanned<f64>>,
+            $($field: $ty,)*
         }
-    }
 
-    fn keys(self) -> &'static [&'static str] {
-        match self {
-            BackendKind::Candle => &["arch", "repo", "revision", "path", "dtype", "device"],
-            BackendKind::Openai => &[
-                "base_url",
-                "model",
-                "api_key_env",
-                "timeout_s",
-                "concurrency",
-            ],
-            BackendKind::LlamaServer => &[
-                "hf",
-                "model",
-                "mmproj",
-                "binary",
-                "args",
-                "port",
-                "startup_timeout_s",
-                "timeout_s",
-                "concurrency",
-            ],
+        impl $name {
+            #[allow(dead_code)]
+            fn common(&self) -> Common {
+                Common {
+                    enabled: self.enabled,
+                    max_new_tokens: self.max_new_tokens.clone(),
+                    temperature: self.temperature.clone(),
+                    seed: self.seed,
+                    system_prompt: self.system_prompt.clone(),
+                    text_only: self.text_only,
+                    latency_scale: self.latency_scale.clone(),
+                }
+            }
         }
-    }
+    };
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    defaults: RawDefaults,
-    #[serde(default)]
-    models: toml::Table,
+/// The keys every model takes, whatever its backend.
+struct Common {
+    enabled: Option<bool>,
+    max_new_tokens: Option<Spanned<u32>>,
+    temperature: Option<Spanned<f64>>,
+    seed: Option<u64>,
+    system_prompt: Option<String>,
+    text_only: Option<bool>,
+    latency_scale: Option<Spanned<f64>>,
 }
 
+raw_model!(RawCommon {});
+
+raw_model!(RawCandle {
+    arch: Option<Spanned<String>>,
+    repo: Option<Spanned<String>>,
+    revision: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    dtype: Option<Spanned<String>>,
+    device: Option<Spanned<String>>,
+});
+
+raw_model!(RawOpenai {
+    base_url: Option<Spanned<String>>,
+    model: Option<Spanned<String>>,
+    api_key_env: Option<Spanned<String>>,
+    timeout_s: Option<Spanned<f64>>,
+    concurrency: Option<Spanned<usize>>,
+});
+
+raw_model!(RawLlamaServer {
+    hf: Option<Spanned<String>>,
+    model: Option<Spanned<String>>,
+    mmproj: Option<Spanned<String>>,
+    binary: Option<Spanned<String>>,
+    args: Option<Spanned<Vec<String>>>,
+    port: Option<Spanned<u16>>,
+    startup_timeout_s: Option<Spanned<f64>>,
+    timeout_s: Option<Spanned<f64>>,
+    concurrency: Option<Spanned<usize>>,
+});
+
+/// `[defaults]`: the keys every model takes, and the HTTP backends' `timeout_s` and
+/// `concurrency`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     enabled: Option<bool>,
-    max_new_tokens: Option<u32>,
-    temperature: Option<f64>,
+    max_new_tokens: Option<Spanned<u32>>,
+    temperature: Option<Spanned<f64>>,
     seed: Option<u64>,
     system_prompt: Option<String>,
     text_only: Option<bool>,
-    latency_scale: Option<f64>,
-    timeout_s: Option<f64>,
-    concurrency: Option<usize>,
+    latency_scale: Option<Spanned<f64>>,
+    timeout_s: Option<Spanned<f64>>,
+    concurrency: Option<Spanned<usize>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    backend: BackendKind,
-    enabled: Option<bool>,
-    max_new_tokens: Option<u32>,
-    temperature: Option<f64>,
-    seed: Option<u64>,
-    system_prompt: Option<String>,
-    text_only: Option<bool>,
-    latency_scale: Option<f64>,
-    // openai
-    base_url: Option<String>,
-    model: Option<String>,
-    api_key_env: Option<String>,
-    timeout_s: Option<f64>,
-    concurrency: Option<usize>,
-    // llama-server
-    hf: Option<String>,
-    mmproj: Option<String>,
-    binary: Option<String>,
-    args: Option<Vec<String>>,
-    port: Option<u16>,
-    startup_timeout_s: Option<f64>,
-    // candle
-    arch: Option<String>,
-    repo: Option<String>,
-    revision: Option<String>,
-    path: Option<String>,
-    dtype: Option<String>,
-    device: Option<String>,
-}
-
-impl RawModel {
-    /// The keys present in the table, by name.
-    fn present(&self) -> Vec<&'static str> {
-        let pairs: [(&str, bool); 25] = [
-            ("base_url", self.base_url.is_some()),
-            ("model", self.model.is_some()),
-            ("api_key_env", self.api_key_env.is_some()),
-            ("timeout_s", self.timeout_s.is_some()),
-            ("concurrency", self.concurrency.is_some()),
-            ("hf", self.hf.is_some()),
-            ("mmproj", self.mmproj.is_some()),
-            ("binary", self.binary.is_some()),
-            ("args", self.args.is_some()),
-            ("port", self.port.is_some()),
-            ("startup_timeout_s", self.startup_timeout_s.is_some()),
-            ("arch", self.arch.is_some()),
-            ("repo", self.repo.is_some()),
-            ("revision", self.revision.is_some()),
-            ("path", self.path.is_some()),
-            ("dtype", self.dtype.is_some()),
-            ("device", self.device.is_some()),
-            ("enabled", self.enabled.is_some()),
-            ("max_new_tokens", self.max_new_tokens.is_some()),
-            ("temperature", self.temperature.is_some()),
-            ("seed", self.seed.is_some()),
-            ("system_prompt", self.system_prompt.is_some()),
-            ("text_only", self.text_only.is_some()),
-            ("latency_scale", self.latency_scale.is_some()),
-            ("backend", true),
-        ];
-        pairs.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect()
-    }
-}
-
-/// The byte range of the `[models.NAME]` table in the text: from its header to the next header.
-fn table_range(text: &str, name: &str, fallback: &Range<usize>) -> Range<usize> {
-    let headers = [
-        format!("[models.{name}]"),
-        format!("[models.\"{name}\"]"),
-        format!("[models.'{name}']"),
-    ];
-    let mut offset = 0;
-    let mut start = None;
-    for l in text.split_inclusive('\n') {
-        let t = l.trim();
-        if let Some(s) = start {
-            if t.starts_with('[') {
-                return s..offset;
-            }
-        } else if headers.iter().any(|h| t.replace(' ', "") == *h) {
-            start = Some(offset);
+/// The field names a serde struct accepts, read from its derived `Deserialize`.
+fn fields_of<T: de::DeserializeOwned>() -> &'static [&'static str] {
+    struct Probe<'a>(&'a Cell<&'static [&'static str]>);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
         }
-        offset += l.len();
-    }
-    match start {
-        Some(s) => s..text.len(),
-        None => fallback.clone(),
-    }
-}
-
-/// The line inside `range` where `word` is a key, or else appears, if anywhere.
-fn find_line(text: &str, range: &Range<usize>, word: &str) -> Option<usize> {
-    let start = range.start.min(text.len());
-    let end = range.end.min(text.len()).max(start);
-    let lines = || {
-        text[start..end]
-            .split_inclusive('\n')
-            .scan(start, |off, l| {
-                let here = *off;
-                *off += l.len();
-                Some((here, l))
-            })
-    };
-    let is_key = |l: &str| {
-        l.trim_start()
-            .strip_prefix(word)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    };
-    lines()
-        .find(|(_, l)| is_key(l))
-        .or_else(|| lines().skip(1).find(|(_, l)| l.contains(word)))
-        .map(|(off, _)| line_of_offset(text, off))
-}
-
-/// The line of `key = ...` inside `range`, else the line where `range` starts.
-fn key_line(text: &str, range: &Range<usize>, key: &str) -> usize {
-    let start = range.start.min(text.len());
-    let end = range.end.min(text.len()).max(start);
-    let mut offset = start;
-    for l in text[start..end].split_inclusive('\n') {
-        let t = l.trim_start();
-        if t.strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-        {
-            return line_of_offset(text, offset);
+        fn deserialize_struct<V: de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(de::Error::custom("probed"))
         }
-        offset += l.len();
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
     }
-    line_of_offset(text, start)
+    let cell = Cell::new(&[][..]);
+    let _ = T::deserialize(Probe(&cell));
+    cell.get()
 }
 
-/// Reads and checks models.toml.
-pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
-    let text = read_text(path, "a models.toml with [models.NAME] tables")?;
-    let raw: RawFile = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| line_of_offset(&text, s.start));
-        let msg = e.message().trim().to_string();
-        ConfigError::new(
-            path,
-            line,
-            format!("{msg} (expected [defaults] and [models.NAME] tables)"),
-        )
-    })?;
-    // `[models.phi-3.5-vision]` is, to TOML, the table `phi-3` holding `5-vision`: a table
-    // without `backend` whose values are tables is a dotted name, flattened here.
-    let mut flat: Vec<(String, toml::Table)> = Vec::new();
-    let mut stack: Vec<(String, toml::Table)> = raw
-        .models
-        .into_iter()
-        .rev()
-        .map(|(k, v)| match v {
-            toml::Value::Table(t) => (k, t),
-            other => {
-                let mut t = toml::Table::new();
-                t.insert("__not_a_table".into(), other);
-                (k, t)
-            }
-        })
+/// The keys a backend adds to the ones every model takes.
+fn backend_keys(kind: BackendKind) -> Vec<&'static str> {
+    let all = match kind {
+        BackendKind::Candle => fields_of::<RawCandle>(),
+        BackendKind::Openai => fields_of::<RawOpenai>(),
+        BackendKind::LlamaServer => fields_of::<RawLlamaServer>(),
+    };
+    let common = fields_of::<RawCommon>();
+    all.iter()
+        .copied()
+        .filter(|k| !common.contains(k))
+        .collect()
+}
+
+/// One model's table, read for its backend.
+enum Raw {
+    Candle(RawCandle),
+    Openai(RawOpenai),
+    LlamaServer(RawLlamaServer),
+}
+
+impl Raw {
+    fn common(&self) -> Common {
+        match self {
+            Raw::Candle(m) => m.common(),
+            Raw::Openai(m) => m.common(),
+            Raw::LlamaServer(m) => m.common(),
+        }
+    }
+}
+
+type Span = std::ops::Range<usize>;
+
+/// The `[models.NAME]` tables, with dotted names (`[models.phi-3.5-vision]`, which TOML reads
+/// as nested tables) joined back into one name; sorted by name.
+fn model_tables<'a, 'i>(models: &'a DeTable<'i>) -> Vec<(String, Span, &'a Spanned<DeValue<'i>>)> {
+    let mut flat = Vec::new();
+    let mut stack: Vec<(String, Span, &Spanned<DeValue<'i>>)> = models
+        .iter()
+        .map(|(k, v)| (k.get_ref().to_string(), k.span(), v))
         .collect();
-    while let Some((name, table)) = stack.pop() {
-        let nested = !table.contains_key("backend")
-            && !table.is_empty()
-            && table.values().all(|v| v.is_table());
-        if nested {
-            for (k, v) in table.into_iter().rev() {
-                if let toml::Value::Table(t) = v {
-                    stack.push((format!("{name}.{k}"), t));
+    while let Some((name, span, value)) = stack.pop() {
+        let nested = match value.get_ref() {
+            DeValue::Table(t) => {
+                !t.is_empty()
+                    && !t.iter().any(|(k, _)| k.get_ref() == "backend")
+                    && t.iter()
+                        .all(|(_, v)| matches!(v.get_ref(), DeValue::Table(_)))
+            }
+            _ => false,
+        };
+        match value.get_ref() {
+            DeValue::Table(t) if nested => {
+                for (k, v) in t.iter() {
+                    stack.push((format!("{name}.{}", k.get_ref()), k.span(), v));
                 }
             }
-        } else {
-            flat.push((name, table));
+            _ => flat.push((name, span, value)),
         }
     }
     flat.sort_by(|a, b| a.0.cmp(&b.0));
+    flat
+}
+
+/// A TOML deserialisation error as a config error at its line, with the unknown-key case
+/// explained: a key of another backend is named as such, with the backend's own keys.
+fn toml_error(
+    path: &Path,
+    text: &str,
+    e: &toml::de::Error,
+    name: &str,
+    kind: Option<BackendKind>,
+) -> ConfigError {
+    let line = e.span().map(|s| line_of_offset(text, s.start));
+    let msg = e.message().trim();
+    let unknown = msg
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next());
+    if let (Some(key), Some(kind)) = (unknown, kind) {
+        let elsewhere = BackendKind::ALL
+            .iter()
+            .any(|&other| other != kind && backend_keys(other).contains(&key));
+        if elsewhere {
+            return ConfigError::new(
+                path,
+                line,
+                format!(
+                    "key `{key}` does not apply to backend `{kind}` (its keys: {})",
+                    backend_keys(kind).join(", ")
+                ),
+            );
+        }
+    }
+    let prefix = if name.is_empty() {
+        String::new()
+    } else {
+        format!("model `{name}`: ")
+    };
+    ConfigError::new(path, line, format!("{prefix}{msg}"))
+}
+
+/// A value and the span it was written at, taken from the model when it sets it, else from
+/// `[defaults]`.
+fn pick<T: Clone>(model: &Option<Spanned<T>>, default: &Option<Spanned<T>>) -> Option<(T, Span)> {
+    model
+        .as_ref()
+        .or(default.as_ref())
+        .map(|s| (s.get_ref().clone(), s.span()))
+}
+
+/// Reads and checks models.toml; every problem of the file is reported.
+pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
+    let text = read_text(path, "a models.toml with [models.NAME] tables")?;
+    let root = DeTable::parse(&text).map_err(|e| toml_error(path, &text, &e, "", None))?;
+    let line = |span: &Span| Some(line_of_offset(&text, span.start));
     let mut errors = ConfigErrors::default();
-    let mut parsed: Vec<(String, RawModel, Range<usize>)> = Vec::new();
-    for (name, table) in flat {
-        let range = table_range(&text, &name, &(0..0));
-        let table_line = (range != (0..0)).then(|| line_of_offset(&text, range.start));
-        if table.contains_key("__not_a_table") {
+
+    let mut defaults = RawDefaults::default();
+    let mut models_table = None;
+    for (key, value) in root.get_ref().iter() {
+        match key.get_ref().as_ref() {
+            "defaults" => match RawDefaults::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(d) => defaults = d,
+                Err(e) => {
+                    let mut e = toml_error(path, &text, &e, "", None);
+                    e.message = format!("[defaults]: {}", e.message);
+                    errors.push(e);
+                }
+            },
+            "models" => match value.get_ref() {
+                DeValue::Table(t) => models_table = Some(t),
+                _ => errors.push(ConfigError::new(
+                    path,
+                    line(&key.span()),
+                    "`models` must be a table of [models.NAME] tables",
+                )),
+            },
+            other => errors.push(ConfigError::new(
+                path,
+                line(&key.span()),
+                format!("unknown top-level key `{other}` (expected `defaults` or `models`)"),
+            )),
+        }
+    }
+
+    let mut parsed: Vec<(String, Span, Raw)> = Vec::new();
+    for (name, span, value) in models_table.map(model_tables).unwrap_or_default() {
+        let DeValue::Table(table) = value.get_ref() else {
             errors.push(ConfigError::new(
                 path,
-                table_line,
+                line(&span),
                 format!("`models.{name}` must be a table ([models.{name}] with backend = ...)"),
             ));
             continue;
-        }
-        match toml::Value::Table(table).try_into::<RawModel>() {
-            Ok(m) => parsed.push((name, m, range)),
-            Err(e) => {
-                // Point at the offending key when the message names one.
-                let line = e
-                    .message()
-                    .split('`')
-                    .skip(1)
-                    .step_by(2)
-                    .find_map(|word| find_line(&text, &range, word))
-                    .or(table_line);
+        };
+        let backend = table.iter().find(|(k, _)| k.get_ref() == "backend");
+        let kind = match backend.map(|(_, v)| (v.get_ref(), v.span())) {
+            None => {
                 errors.push(ConfigError::new(
                     path,
-                    line,
+                    line(&span),
                     format!(
-                        "model `{name}`: {} (expected a [models.NAME] table with `backend`)",
-                        e.message().trim()
+                        "model `{name}` has no `backend` (expected one of: {})",
+                        BackendKind::ALL.map(BackendKind::name).join(", ")
                     ),
                 ));
+                continue;
             }
+            Some((DeValue::String(s), at)) => match kinds::parse::<BackendKind>(s) {
+                Ok(k) => k,
+                Err(msg) => {
+                    errors.push(ConfigError::new(
+                        path,
+                        line(&at),
+                        format!("model `{name}`: {msg}"),
+                    ));
+                    continue;
+                }
+            },
+            Some((other, at)) => {
+                errors.push(ConfigError::new(
+                    path,
+                    line(&at),
+                    format!(
+                        "model `{name}`: `backend` must be a string, found {} (expected one of: {})",
+                        other.type_str(),
+                        BackendKind::ALL.map(BackendKind::name).join(", ")
+                    ),
+                ));
+                continue;
+            }
+        };
+        let de = || ValueDeserializer::from(value.clone());
+        let raw = match kind {
+            BackendKind::Candle => RawCandle::deserialize(de()).map(Raw::Candle),
+            BackendKind::Openai => RawOpenai::deserialize(de()).map(Raw::Openai),
+            BackendKind::LlamaServer => RawLlamaServer::deserialize(de()).map(Raw::LlamaServer),
+        };
+        match raw {
+            Ok(raw) => parsed.push((name, span, raw)),
+            Err(e) => errors.push(toml_error(path, &text, &e, &name, Some(kind))),
         }
     }
     if parsed.is_empty() && errors.is_empty() {
@@ -417,266 +463,355 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
             "no models declared (expected at least one [models.NAME] table)",
         ));
     }
-    let d = &raw.defaults;
+
+    let d = &defaults;
     let mut models = Vec::new();
-    for (name, m, span) in &parsed {
-        let span = span.clone();
-        let line = line_of_offset(&text, span.start);
-        let at = |key: &str| Some(key_line(&text, &span, key));
+    for (name, span, raw) in &parsed {
+        let model_line = line_of_offset(&text, span.start);
         let err = |l: Option<usize>, msg: String| ConfigError::new(path, l, msg);
         if !valid_id(name, true) {
             errors.push(err(
-                Some(line),
+                Some(model_line),
                 format!("invalid model name `{name}` (expected [a-z0-9_.-]+)"),
             ));
         }
-        let kind = m.backend;
-        for key in m.present() {
-            if !COMMON_KEYS.contains(&key) && !kind.keys().contains(&key) {
-                errors.push(err(
-                    at(key),
-                    format!(
-                        "key `{key}` does not apply to backend `{}` (its keys: {})",
-                        kind.name(),
-                        kind.keys().join(", ")
-                    ),
-                ));
-            }
-        }
-        let temperature = m.temperature.or(d.temperature).unwrap_or(0.0);
-        if !(0.0..=5.0).contains(&temperature) {
+        let c = raw.common();
+        let temperature = pick(&c.temperature, &d.temperature);
+        if let Some((t, at)) = &temperature
+            && !(0.0..=5.0).contains(t)
+        {
             errors.push(err(
-                at("temperature"),
-                format!("`temperature` must be between 0 and 5, got {temperature}"),
+                line(at),
+                format!("`temperature` must be between 0 and 5, got {t}"),
             ));
         }
-        let max_new_tokens = m.max_new_tokens.or(d.max_new_tokens).unwrap_or(32);
-        if max_new_tokens == 0 {
+        let max_new_tokens = pick(&c.max_new_tokens, &d.max_new_tokens);
+        if let Some((0, at)) = &max_new_tokens {
+            errors.push(err(line(at), "`max_new_tokens` must be at least 1".into()));
+        }
+        let latency_scale = pick(&c.latency_scale, &d.latency_scale);
+        if let Some((s, at)) = &latency_scale
+            && !(*s > 0.0 && s.is_finite())
+        {
             errors.push(err(
-                at("max_new_tokens"),
-                "`max_new_tokens` must be at least 1".into(),
+                line(at),
+                format!("`latency_scale` must be a number > 0, got {s}"),
             ));
         }
-        let latency_scale = m.latency_scale.or(d.latency_scale).unwrap_or(1.0);
-        if !(latency_scale > 0.0 && latency_scale.is_finite()) {
-            errors.push(err(
-                at("latency_scale"),
-                format!("`latency_scale` must be a number > 0, got {latency_scale}"),
-            ));
-        }
-        let timeout_s = m.timeout_s.or(d.timeout_s).unwrap_or(120.0);
-        if !(timeout_s > 0.0 && timeout_s.is_finite() && timeout_s < 1e7) {
-            errors.push(err(
-                at("timeout_s"),
-                format!("`timeout_s` must be a number of seconds > 0, got {timeout_s}"),
-            ));
-        }
-        let concurrency = m.concurrency.or(d.concurrency).unwrap_or(1);
-        if concurrency == 0 {
-            errors.push(err(
-                at("concurrency"),
-                "`concurrency` must be at least 1".into(),
-            ));
-        }
-        let backend = match kind {
-            BackendKind::Openai => {
-                let base_url = m.base_url.clone().unwrap_or_default();
-                let model = m.model.clone().unwrap_or_default();
-                if base_url.is_empty() {
-                    errors.push(err(Some(line), format!("model `{name}`: backend `openai` needs `base_url` (e.g. \"http://127.0.0.1:8000/v1\")")));
-                } else if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        // The HTTP backends' request timeout and concurrency.
+        let http = |timeout: &Option<Spanned<f64>>,
+                    concurrency: &Option<Spanned<usize>>,
+                    errors: &mut ConfigErrors| {
+            let timeout_s = match pick(timeout, &d.timeout_s) {
+                Some((t, at)) if !(t > 0.0 && t.is_finite() && t < 1e7) => {
                     errors.push(err(
-                        at("base_url"),
-                        format!("`base_url` must start with http:// or https://, got `{base_url}`"),
+                        line(&at),
+                        format!("`timeout_s` must be a number of seconds > 0, got {t}"),
                     ));
+                    120.0
+                }
+                Some((t, _)) => t,
+                None => 120.0,
+            };
+            let concurrency = match pick(concurrency, &d.concurrency) {
+                Some((0, at)) => {
+                    errors.push(err(line(&at), "`concurrency` must be at least 1".into()));
+                    1
+                }
+                Some((n, _)) => n,
+                None => 1,
+            };
+            (Duration::from_secs_f64(timeout_s), concurrency)
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let backend = match raw {
+            Raw::Openai(m) => {
+                let (timeout, concurrency) = http(&m.timeout_s, &m.concurrency, &mut errors);
+                let base_url = m
+                    .base_url
+                    .as_ref()
+                    .map(|s| s.get_ref().clone())
+                    .unwrap_or_default();
+                let model = m
+                    .model
+                    .as_ref()
+                    .map(|s| s.get_ref().clone())
+                    .unwrap_or_default();
+                match &m.base_url {
+                    None => errors.push(err(Some(model_line), format!("model `{name}`: backend `openai` needs `base_url` (e.g. \"http://127.0.0.1:8000/v1\")"))),
+                    Some(u) if !(base_url.starts_with("http://") || base_url.starts_with("https://")) => errors.push(err(
+                        line(&u.span()),
+                        format!("`base_url` must start with http:// or https://, got `{base_url}`"),
+                    )),
+                    Some(_) => {}
                 }
                 if model.is_empty() {
-                    errors.push(err(Some(line), format!("model `{name}`: backend `openai` needs `model` (the name the server knows the model by)")));
+                    errors.push(err(Some(model_line), format!("model `{name}`: backend `openai` needs `model` (the name the server knows the model by)")));
                 }
-                if let Some(var) = &m.api_key_env
-                    && (var.is_empty() || var.contains(['=', '\0']) || var.starts_with("sk-"))
-                {
-                    errors.push(err(at("api_key_env"), "`api_key_env` names the environment variable that holds the key (e.g. \"OPENAI_API_KEY\"), never the key itself".into()));
+                if let Some(var) = &m.api_key_env {
+                    let v = var.get_ref();
+                    if v.is_empty() || v.contains(['=', '\0']) || v.starts_with("sk-") {
+                        errors.push(err(line(&var.span()), "`api_key_env` names the environment variable that holds the key (e.g. \"OPENAI_API_KEY\"), never the key itself".into()));
+                    }
                 }
                 Some(BackendSpec::OpenAi(OpenAiSpec {
                     base_url: base_url.trim_end_matches('/').to_string(),
                     model,
-                    api_key_env: m.api_key_env.clone(),
-                    timeout: Duration::from_secs_f64(timeout_s.clamp(0.001, 1e7)),
-                    concurrency: concurrency.max(1),
+                    api_key_env: m.api_key_env.as_ref().map(|s| s.get_ref().clone()),
+                    timeout,
+                    concurrency,
                 }))
             }
-            BackendKind::LlamaServer => {
-                let base = path.parent().unwrap_or(Path::new("."));
+            Raw::LlamaServer(m) => {
+                let (timeout, concurrency) = http(&m.timeout_s, &m.concurrency, &mut errors);
+                let text_of = |s: &Option<Spanned<String>>| s.as_ref().map(|s| s.get_ref().clone());
                 let source = match (&m.hf, &m.model, &m.mmproj) {
-                    (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                        errors.push(err(at("hf"), "give either `hf` (a Hugging Face GGUF repo) or `model` + `mmproj` (local files), not both".into()));
+                    (Some(hf), Some(_), _) | (Some(hf), _, Some(_)) => {
+                        errors.push(err(line(&hf.span()), "give either `hf` (a Hugging Face GGUF repo) or `model` + `mmproj` (local files), not both".into()));
                         None
                     }
-                    (Some(hf), None, None) if hf.trim().is_empty() || !hf.contains('/') => {
-                        errors.push(err(at("hf"), format!("`hf` must name a repo such as \"ggml-org/SmolVLM-500M-Instruct-GGUF\", got `{hf}`")));
-                        None
+                    (Some(hf), None, None) => {
+                        let repo = hf.get_ref();
+                        if repo.trim().is_empty() || !repo.contains('/') {
+                            errors.push(err(line(&hf.span()), format!("`hf` must name a repo such as \"ggml-org/SmolVLM-500M-Instruct-GGUF\", got `{repo}`")));
+                            None
+                        } else {
+                            Some(GgufSource::Hf(repo.clone()))
+                        }
                     }
-                    (Some(hf), None, None) => Some(GgufSource::Hf(hf.clone())),
                     (None, Some(model), mmproj) => Some(GgufSource::Files {
-                        model: base.join(model),
-                        mmproj: mmproj.as_ref().map(|p| base.join(p)),
+                        model: base.join(model.get_ref()),
+                        mmproj: text_of(mmproj).map(|p| base.join(p)),
                     }),
                     (None, None, _) => {
-                        errors.push(err(Some(line), format!("model `{name}`: backend `llama-server` needs `hf` (a Hugging Face GGUF repo) or `model` (a local .gguf file, with `mmproj` for images)")));
+                        errors.push(err(Some(model_line), format!("model `{name}`: backend `llama-server` needs `hf` (a Hugging Face GGUF repo) or `model` (a local .gguf file, with `mmproj` for images)")));
                         None
                     }
                 };
-                let startup = m.startup_timeout_s.unwrap_or(600.0);
-                if !(startup > 0.0 && startup.is_finite() && startup < 1e7) {
-                    errors.push(err(
-                        at("startup_timeout_s"),
-                        format!(
-                            "`startup_timeout_s` must be a number of seconds > 0, got {startup}"
-                        ),
-                    ));
+                let startup = match &m.startup_timeout_s {
+                    Some(s)
+                        if !(*s.get_ref() > 0.0
+                            && s.get_ref().is_finite()
+                            && *s.get_ref() < 1e7) =>
+                    {
+                        errors.push(err(
+                            line(&s.span()),
+                            format!(
+                                "`startup_timeout_s` must be a number of seconds > 0, got {}",
+                                s.get_ref()
+                            ),
+                        ));
+                        600.0
+                    }
+                    Some(s) => *s.get_ref(),
+                    None => 600.0,
+                };
+                if let Some(p) = &m.port
+                    && *p.get_ref() == 0
+                {
+                    errors.push(err(line(&p.span()), "`port` must be between 1 and 65535 (leave it out to let vlmtest pick a free port)".into()));
                 }
-                if m.port == Some(0) {
-                    errors.push(err(at("port"), "`port` must be between 1 and 65535 (leave it out to let vlmtest pick a free port)".into()));
-                }
-                let binary = m.binary.clone().unwrap_or_else(|| "llama-server".into());
+                let binary = text_of(&m.binary).unwrap_or_else(|| "llama-server".into());
                 if binary.trim().is_empty() {
                     errors.push(err(
-                        at("binary"),
+                        m.binary.as_ref().and_then(|b| line(&b.span())),
                         "`binary` is empty (expected a program name on PATH or a path)".into(),
                     ));
                 }
-                let reserved = ["--port", "--host"];
-                if let Some(a) = m
+                let args = m
                     .args
-                    .iter()
-                    .flatten()
-                    .find(|a| reserved.contains(&a.as_str()))
-                {
-                    errors.push(err(at("args"), format!("`{a}` is set by vlmtest (127.0.0.1 and the model's `port`); remove it from `args`")));
+                    .as_ref()
+                    .map(|a| a.get_ref().clone())
+                    .unwrap_or_default();
+                if let (Some(a), Some(at)) = (
+                    args.iter()
+                        .find(|a| ["--port", "--host"].contains(&a.as_str())),
+                    m.args.as_ref().map(|a| a.span()),
+                ) {
+                    errors.push(err(line(&at), format!("`{a}` is set by vlmtest (127.0.0.1 and the model's `port`); remove it from `args`")));
                 }
                 source.map(|source| {
                     BackendSpec::LlamaServer(LlamaServerSpec {
                         source,
                         binary,
-                        args: m.args.clone().unwrap_or_default(),
-                        port: m.port,
-                        startup_timeout: Duration::from_secs_f64(startup.clamp(0.001, 1e7)),
-                        timeout: Duration::from_secs_f64(timeout_s.clamp(0.001, 1e7)),
-                        concurrency: concurrency.max(1),
+                        args,
+                        port: m.port.as_ref().map(|p| *p.get_ref()),
+                        startup_timeout: Duration::from_secs_f64(startup),
+                        timeout,
+                        concurrency,
                     })
                 })
             }
-            BackendKind::Candle => {
-                let arches = crate::backend::candle::ARCHES;
-                let arch = m.arch.clone().unwrap_or_default();
-                if arch.is_empty() {
-                    errors.push(err(
-                        Some(line),
-                        format!(
-                            "model `{name}`: backend `candle` needs `arch` (one of: {})",
-                            arches.join(", ")
-                        ),
-                    ));
-                } else if !arches.contains(&arch.as_str()) {
-                    errors.push(err(
-                        at("arch"),
-                        format!(
-                            "unknown arch `{arch}` (expected one of: {})",
-                            arches.join(", ")
-                        ),
-                    ));
-                }
-                let dtype = m.dtype.clone().unwrap_or_else(|| "f32".into());
-                if !["f32", "f16", "bf16"].contains(&dtype.as_str()) {
-                    errors.push(err(
-                        at("dtype"),
-                        format!("unknown dtype `{dtype}` (expected f32, f16 or bf16)"),
-                    ));
-                }
-                let device = m.device.clone().unwrap_or_else(|| "cpu".into());
-                if !["cpu", "cuda", "metal", "auto"].contains(&device.as_str()) {
-                    errors.push(err(
-                        at("device"),
-                        format!("unknown device `{device}` (expected cpu, cuda, metal or auto)"),
-                    ));
-                }
-                let base = path.parent().unwrap_or(Path::new("."));
-                let source = match (&m.repo, &m.path) {
-                    (Some(_), Some(_)) => {
-                        errors.push(err(
-                            at("path"),
-                            "give either `repo` (+ `revision`) or `path`, not both".into(),
-                        ));
-                        None
-                    }
-                    (None, Some(p)) if m.revision.is_some() => {
-                        errors.push(err(at("revision"), format!("`revision` applies to `repo`, not to `path` (`{p}` is read as it is)")));
-                        None
-                    }
-                    (None, Some(p)) if p.trim().is_empty() => {
-                        errors.push(err(at("path"), "`path` is empty (expected a folder laid out like the Hugging Face repo)".into()));
-                        None
-                    }
-                    (None, Some(p)) => Some(ModelSource::Path(base.join(p))),
-                    (Some(r), None) => {
-                        let parts: Vec<&str> = r.split('/').collect();
-                        if parts.len() != 2
-                            || parts
-                                .iter()
-                                .any(|p| p.is_empty() || p.contains(char::is_whitespace))
-                        {
-                            errors.push(err(at("repo"), format!("`repo` must name a Hugging Face repo such as \"HuggingFaceTB/SmolVLM-256M-Instruct\", got `{r}`")));
-                            None
-                        } else {
-                            let revision = m.revision.clone().unwrap_or_else(|| "main".into());
-                            if revision.trim().is_empty() || revision.contains("..") {
-                                errors.push(err(at("revision"), format!("`revision` must be a branch, tag or commit, got `{revision}`")));
-                            }
-                            Some(ModelSource::Hub {
-                                repo: r.clone(),
-                                revision,
-                            })
-                        }
-                    }
-                    (None, None) => {
-                        errors.push(err(Some(line), format!("model `{name}`: backend `candle` needs `repo` (a Hugging Face repo, with `revision`) or `path` (a local folder laid out like the repo)")));
-                        None
-                    }
-                };
-                source.map(|source| {
-                    BackendSpec::Candle(CandleSpec {
-                        arch,
-                        source,
-                        dtype,
-                        device,
-                    })
-                })
-            }
+            Raw::Candle(m) => candle_spec(m, name, model_line, base, &line, &mut errors, path),
         };
-        if let Some(backend) = backend {
-            let text_only = m.text_only.or(d.text_only).unwrap_or(match &backend {
-                BackendSpec::Candle(c) => crate::backend::candle::arch_answers_text_only(&c.arch),
-                _ => true,
-            });
-            models.push(ModelSpec {
-                name: name.clone(),
-                line,
-                enabled: m.enabled.or(d.enabled).unwrap_or(true),
-                backend,
-                params: GenParams {
-                    max_new_tokens,
-                    temperature,
-                    seed: m.seed.or(d.seed),
-                    system_prompt: m.system_prompt.clone().or_else(|| d.system_prompt.clone()),
-                },
-                text_only,
-                latency_scale,
-            });
-        }
+        let Some(backend) = backend else { continue };
+        let text_only = c.text_only.or(d.text_only).unwrap_or(match &backend {
+            BackendSpec::Candle(c) => c.arch.answers_text_only(),
+            _ => true,
+        });
+        models.push(ModelSpec {
+            name: name.clone(),
+            line: model_line,
+            enabled: c.enabled.or(d.enabled).unwrap_or(true),
+            backend,
+            params: GenParams {
+                max_new_tokens: max_new_tokens.map_or(32, |(n, _)| n),
+                temperature: temperature.map_or(0.0, |(t, _)| t),
+                seed: c.seed.or(d.seed),
+                system_prompt: c.system_prompt.clone().or_else(|| d.system_prompt.clone()),
+            },
+            text_only,
+            latency_scale: latency_scale.map_or(1.0, |(s, _)| s),
+        });
     }
     errors.into_result(ModelsConfig {
         file: path.to_path_buf(),
         models,
     })
+}
+
+/// Checks a candle model's keys.
+fn candle_spec(
+    m: &RawCandle,
+    name: &str,
+    model_line: usize,
+    base: &Path,
+    line: &dyn Fn(&Span) -> Option<usize>,
+    errors: &mut ConfigErrors,
+    path: &Path,
+) -> Option<BackendSpec> {
+    let err = |l: Option<usize>, msg: String| ConfigError::new(path, l, msg);
+    // A closed-set key: serde's message names the valid choices.
+    fn closed<T: for<'de> Deserialize<'de> + Default>(
+        v: &Option<Spanned<String>>,
+        key: &str,
+        line: &dyn Fn(&Span) -> Option<usize>,
+        errors: &mut ConfigErrors,
+        path: &Path,
+    ) -> Option<T> {
+        match v {
+            None => Some(T::default()),
+            Some(s) => match kinds::parse::<T>(s.get_ref()) {
+                Ok(t) => Some(t),
+                Err(msg) => {
+                    let msg = msg.replacen("unknown variant", &format!("unknown {key}"), 1);
+                    errors.push(ConfigError::new(path, line(&s.span()), msg));
+                    None
+                }
+            },
+        }
+    }
+    let arch = match &m.arch {
+        None => {
+            errors.push(err(
+                Some(model_line),
+                format!(
+                    "model `{name}`: backend `candle` needs `arch` (one of: {})",
+                    Arch::ALL.map(Arch::name).join(", ")
+                ),
+            ));
+            None
+        }
+        Some(s) => match kinds::parse::<Arch>(s.get_ref()) {
+            Ok(a) => Some(a),
+            Err(msg) => {
+                errors.push(err(
+                    line(&s.span()),
+                    msg.replacen("unknown variant", "unknown arch", 1),
+                ));
+                None
+            }
+        },
+    };
+    let dtype = closed::<DType>(&m.dtype, "dtype", line, errors, path);
+    let device = closed::<DeviceKind>(&m.device, "device", line, errors, path);
+    let source = match (&m.repo, &m.path) {
+        (Some(_), Some(p)) => {
+            errors.push(err(
+                line(&p.span()),
+                "give either `repo` (+ `revision`) or `path`, not both".into(),
+            ));
+            None
+        }
+        (None, Some(p)) => {
+            if let Some(r) = &m.revision {
+                errors.push(err(
+                    line(&r.span()),
+                    format!(
+                        "`revision` applies to `repo`, not to `path` (`{}` is read as it is)",
+                        p.get_ref()
+                    ),
+                ));
+                None
+            } else if p.get_ref().trim().is_empty() {
+                errors.push(err(
+                    line(&p.span()),
+                    "`path` is empty (expected a folder laid out like the Hugging Face repo)"
+                        .into(),
+                ));
+                None
+            } else {
+                Some(ModelSource::Path(base.join(p.get_ref())))
+            }
+        }
+        (Some(r), None) => {
+            let repo = r.get_ref();
+            let parts: Vec<&str> = repo.split('/').collect();
+            if parts.len() != 2
+                || parts
+                    .iter()
+                    .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+            {
+                errors.push(err(line(&r.span()), format!("`repo` must name a Hugging Face repo such as \"HuggingFaceTB/SmolVLM-256M-Instruct\", got `{repo}`")));
+                None
+            } else {
+                let revision = m
+                    .revision
+                    .as_ref()
+                    .map_or_else(|| "main".to_string(), |r| r.get_ref().clone());
+                if revision.trim().is_empty() || revision.contains("..") {
+                    errors.push(err(
+                        m.revision.as_ref().and_then(|r| line(&r.span())),
+                        format!("`revision` must be a branch, tag or commit, got `{revision}`"),
+                    ));
+                }
+                Some(ModelSource::Hub {
+                    repo: repo.clone(),
+                    revision,
+                })
+            }
+        }
+        (None, None) => {
+            errors.push(err(Some(model_line), format!("model `{name}`: backend `candle` needs `repo` (a Hugging Face repo, with `revision`) or `path` (a local folder laid out like the repo)")));
+            None
+        }
+    };
+    Some(BackendSpec::Candle(CandleSpec {
+        arch: arch?,
+        source: source?,
+        dtype: dtype?,
+        device: device?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_lists_come_from_the_structs() {
+        assert_eq!(
+            backend_keys(BackendKind::Openai),
+            [
+                "base_url",
+                "model",
+                "api_key_env",
+                "timeout_s",
+                "concurrency"
+            ]
+        );
+        assert!(fields_of::<RawCommon>().contains(&"latency_scale"));
+        assert!(backend_keys(BackendKind::Candle).contains(&"arch"));
+        assert!(!backend_keys(BackendKind::Candle).contains(&"enabled"));
+    }
 }

@@ -408,7 +408,9 @@ mod tests {
     #[test]
     fn s1_python_whitespace_set_is_stripped() {
         // U+001C..U+001F are whitespace for Python but not for Rust's char::is_whitespace.
-        for ws in ['\u{1c}', '\u{1f}', '\u{a0}', '\u{3000}', '\u{2028}', '\u{85}', '\u{b}'] {
+        for ws in [
+            '\u{1c}', '\u{1f}', '\u{a0}', '\u{3000}', '\u{2028}', '\u{85}', '\u{b}',
+        ] {
             assert_eq!(clean_whitespace(&format!("{ws}yes{ws}")), "yes", "{ws:?}");
         }
         // U+200B (zero width space) is not whitespace.
@@ -441,7 +443,9 @@ mod tests {
     #[test]
     fn s2_unanimity_is_decided_after_clean_up() {
         // " yes" and "yes\n" clean to the same string: unanimous, so "Yes" does not match.
-        let answers = strings(&[" yes", "yes\n", "yes", "yes", "yes", "yes", "yes", "yes", "yes", "yes"]);
+        let answers = strings(&[
+            " yes", "yes\n", "yes", "yes", "yes", "yes", "yes", "yes", "yes", "yes",
+        ]);
         assert_close(accuracy(&answers, "Yes"), 0.0);
         assert_close(accuracy(&answers, "yes"), 1.0);
     }
@@ -476,7 +480,9 @@ mod tests {
 
     #[test]
     fn s3_other_marks_are_never_touched() {
-        for c in ['\'', ':', '*', '#', '$', '%', '&', '^', '~', '|', '“', '”', '’', '。', '！', '…'] {
+        for c in [
+            '\'', ':', '*', '#', '$', '%', '&', '^', '~', '|', '“', '”', '’', '。', '！', '…',
+        ] {
             let s = format!("a{c}b");
             assert_eq!(process_punctuation(&s), s, "{c:?}");
         }
@@ -524,7 +530,10 @@ mod tests {
 
     #[test]
     fn s3_at_most_32_periods_are_deleted() {
-        assert_eq!(process_punctuation(&format!("yes{}", ".".repeat(33))), "yes.");
+        assert_eq!(
+            process_punctuation(&format!("yes{}", ".".repeat(33))),
+            "yes."
+        );
         assert_eq!(process_punctuation(&".".repeat(40)), "........");
         // Kept periods (before a digit) do not count against the 32.
         let s = format!("{}{}", ".1".repeat(5), ".".repeat(33));
@@ -550,13 +559,19 @@ mod tests {
 
     #[test]
     fn s4_split_on_whitespace_runs() {
-        assert_eq!(process_digit_article("  red \u{3000}\u{1c} blue  "), "red blue");
+        assert_eq!(
+            process_digit_article("  red \u{3000}\u{1c} blue  "),
+            "red blue"
+        );
         assert_eq!(process_digit_article("red\rblue"), "red blue");
     }
 
     #[test]
     fn s4_number_words() {
-        let words = ["none", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"];
+        let words = [
+            "none", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+            "ten",
+        ];
         let digits = ["0", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
         for (w, d) in words.iter().zip(digits) {
             assert_eq!(process_digit_article(w), d);
@@ -572,7 +587,10 @@ mod tests {
         assert_eq!(process_digit_article("letter a"), "letter");
         assert_eq!(normalize("a-frame"), "frame");
         assert_eq!(normalize("(a) red"), "red");
-        assert_eq!(process_digit_article("An Apple and THE pear"), "apple and pear");
+        assert_eq!(
+            process_digit_article("An Apple and THE pear"),
+            "apple and pear"
+        );
         assert_eq!(process_digit_article("the"), "");
     }
 
@@ -621,9 +639,11 @@ mod tests {
         table.push(("let's".into(), "let's".into()));
         table.push(("she's".into(), "she's".into()));
         table.push(("somebody'd".into(), "somebodyd".into()));
-        let keys: std::collections::BTreeSet<&str> = table.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: std::collections::BTreeSet<&str> =
+            table.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys.len(), 120, "VQA.md: 120 keys");
-        let values: std::collections::BTreeSet<&str> = table.iter().map(|(_, v)| v.as_str()).collect();
+        let values: std::collections::BTreeSet<&str> =
+            table.iter().map(|(_, v)| v.as_str()).collect();
         assert_eq!(values.len(), 98, "VQA.md: 98 values");
         for (k, v) in &table {
             assert_eq!(contraction(k), Some(v.as_str()), "key {k:?}");

@@ -20,6 +20,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 
 use super::{Backend, BackendError, Generation, LoadError, Request};
 use crate::config::{CandleSpec, ModelSource};
+use crate::kinds::{Arch, DeviceKind};
 
 /// What an architecture's prefill returns: the prompt's length and the logits after it.
 pub struct Prefill {
@@ -38,14 +39,6 @@ pub trait Vlm: Send {
     /// Tokens that end an answer.
     fn eos(&self) -> &[u32];
     fn tokenizer(&self) -> &tokenizers::Tokenizer;
-}
-
-/// The architectures `arch` may name.
-pub const ARCHES: &[&str] = &["smolvlm", "moondream2", "llava-next", "paligemma"];
-
-/// Whether an architecture can answer without an image (the default of `text_only`).
-pub fn arch_answers_text_only(arch: &str) -> bool {
-    !matches!(arch, "paligemma" | "moondream2")
 }
 
 /// Reads a config or tokenizer file of a model folder, naming the file on failure.
@@ -337,16 +330,16 @@ pub fn splice_images(
 }
 
 /// The device a spec asks for, with a clear error when this build cannot provide it.
-pub fn device(name: &str) -> Result<Device, String> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(|e| {
+pub fn device(kind: DeviceKind) -> Result<Device, String> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => Device::new_cuda(0).map_err(|e| {
             format!("device = \"cuda\" is not available: {e} (build vlmtest with `--features cuda` on a machine with CUDA)")
         }),
-        "metal" => Device::new_metal(0).map_err(|e| {
+        DeviceKind::Metal => Device::new_metal(0).map_err(|e| {
             format!("device = \"metal\" is not available: {e} (build vlmtest with `--features metal` on macOS)")
         }),
-        _ => Ok(Device::cuda_if_available(0)
+        DeviceKind::Auto => Ok(Device::cuda_if_available(0)
             .ok()
             .filter(|d| !d.is_cpu())
             .or_else(|| Device::new_metal(0).ok())
@@ -354,11 +347,11 @@ pub fn device(name: &str) -> Result<Device, String> {
     }
 }
 
-pub fn dtype(name: &str) -> DType {
-    match name {
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        _ => DType::F32,
+pub fn dtype(kind: crate::kinds::DType) -> DType {
+    match kind {
+        crate::kinds::DType::F32 => DType::F32,
+        crate::kinds::DType::F16 => DType::F16,
+        crate::kinds::DType::Bf16 => DType::BF16,
     }
 }
 
@@ -389,31 +382,25 @@ impl Candle {
                 })?
             }
         };
-        let device = device(&spec.device).map_err(LoadError::Failed)?;
-        let dtype = dtype(&spec.dtype);
-        let model: Box<dyn Vlm> = match spec.arch.as_str() {
-            "smolvlm" => Box::new(
+        let device = device(spec.device).map_err(LoadError::Failed)?;
+        let dtype = dtype(spec.dtype);
+        let model: Box<dyn Vlm> = match spec.arch {
+            Arch::Smolvlm => Box::new(
                 smolvlm::SmolVlm::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
-            "llava-next" => Box::new(
+            Arch::LlavaNext => Box::new(
                 llava_next::LlavaNext::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
-            "moondream2" => Box::new(
+            Arch::Moondream2 => Box::new(
                 moondream::Moondream::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
-            "paligemma" => Box::new(
+            Arch::Paligemma => Box::new(
                 paligemma::PaliGemma::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
-            other => {
-                return Err(LoadError::Failed(format!(
-                    "model `{name}`: arch `{other}` is not supported (supported: {})",
-                    ARCHES.join(", ")
-                )));
-            }
         };
         Ok(Self {
             model: Mutex::new(model),

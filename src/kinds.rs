@@ -1,0 +1,184 @@
+//! The closed sets of names a user may write in models.toml, shared by `config` (which reads
+//! them) and `backend` (which acts on them). This module depends on nothing else in the crate,
+//! so neither side has to reach into the other.
+//!
+//! Each set is a serde enum: reading one from a string lists the valid choices in its error.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Reads a closed-set value from its name, with serde's message listing the valid choices
+/// ("unknown variant `x`, expected one of `a`, `b`").
+pub fn parse<'de, T: Deserialize<'de>>(name: &'de str) -> Result<T, String> {
+    let de = serde::de::value::BorrowedStrDeserializer::<serde::de::value::Error>::new(name);
+    T::deserialize(de).map_err(|e| e.to_string())
+}
+
+/// The engines a model can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// In-process, on candle.
+    Candle,
+    /// Any OpenAI-compatible chat/completions server.
+    Openai,
+    /// llama.cpp's llama-server, started and stopped by vlmtest.
+    LlamaServer,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Candle,
+        BackendKind::Openai,
+        BackendKind::LlamaServer,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Candle => "candle",
+            BackendKind::Openai => "openai",
+            BackendKind::LlamaServer => "llama-server",
+        }
+    }
+
+    /// Whether the model's weights live in this process (and count against
+    /// `VLMTEST_MAX_RESIDENT`).
+    pub fn in_process(self) -> bool {
+        matches!(self, BackendKind::Candle)
+    }
+}
+
+/// In-process architectures (`arch` of a candle model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Arch {
+    /// SmolVLM and SmolVLM2 (Idefics3 layout).
+    #[serde(rename = "smolvlm")]
+    Smolvlm,
+    /// Moondream2, in the layout its revision's files have.
+    #[serde(rename = "moondream2")]
+    Moondream2,
+    /// LLaVA-NeXT (LLaVA-1.6) in the llava-hf layout.
+    #[serde(rename = "llava-next")]
+    LlavaNext,
+    /// PaliGemma.
+    #[serde(rename = "paligemma")]
+    Paligemma,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [
+        Arch::Smolvlm,
+        Arch::Moondream2,
+        Arch::LlavaNext,
+        Arch::Paligemma,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Smolvlm => "smolvlm",
+            Arch::Moondream2 => "moondream2",
+            Arch::LlavaNext => "llava-next",
+            Arch::Paligemma => "paligemma",
+        }
+    }
+
+    /// Whether the architecture can answer a question without an image: the default of a
+    /// model's `text_only`. PaliGemma has no text-only prompt format, and Moondream2's 2024
+    /// layout always encodes an image (its 2025 layout can do without: set `text_only = true`).
+    pub fn answers_text_only(self) -> bool {
+        match self {
+            Arch::Smolvlm | Arch::LlavaNext => true,
+            Arch::Paligemma | Arch::Moondream2 => false,
+        }
+    }
+}
+
+/// Weight and compute precision of an in-process model (`dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Where an in-process model runs (`device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    Cuda,
+    Metal,
+    /// CUDA, else Metal, else the CPU.
+    Auto,
+}
+
+impl DeviceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Metal => "metal",
+            DeviceKind::Auto => "auto",
+        }
+    }
+}
+
+macro_rules! display_by_name {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    )*};
+}
+display_by_name!(BackendKind, Arch, DType, DeviceKind);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_serde() {
+        for a in Arch::ALL {
+            assert_eq!(parse::<Arch>(a.name()), Ok(a));
+        }
+        for b in BackendKind::ALL {
+            assert_eq!(parse::<BackendKind>(b.name()), Ok(b));
+        }
+        for d in [DType::F32, DType::F16, DType::Bf16] {
+            assert_eq!(parse::<DType>(d.name()), Ok(d));
+        }
+        for d in [
+            DeviceKind::Cpu,
+            DeviceKind::Cuda,
+            DeviceKind::Metal,
+            DeviceKind::Auto,
+        ] {
+            assert_eq!(parse::<DeviceKind>(d.name()), Ok(d));
+        }
+    }
+
+    #[test]
+    fn errors_list_the_choices() {
+        let e = parse::<Arch>("smolvml").unwrap_err();
+        assert_eq!(
+            e,
+            "unknown variant `smolvml`, expected one of `smolvlm`, `moondream2`, `llava-next`, `paligemma`"
+        );
+    }
+}
