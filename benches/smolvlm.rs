@@ -44,7 +44,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn rss_mib() -> f64 {
-    vlmtest::report::machine::process_rss().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+    vlmtest::machine::process_rss().unwrap_or(0) as f64 / (1024.0 * 1024.0)
 }
 
 /// The candle half, in a process of its own: prints one JSON object.
@@ -168,6 +168,8 @@ fn main() {
         .unwrap_or(3)
         .max(1);
     if std::env::var("VLMTEST_BENCH_CHILD").as_deref() == Ok("candle") {
+        // The allocator setting a vlmtest run with an in-process model uses.
+        vlmtest::machine::Allocator::Tuned.apply();
         candle_child(&dir, &image, runs);
         return;
     }

@@ -175,8 +175,10 @@ fn score(rule: &str, pass_at: f64) -> ExitCode {
     }
 }
 
+/// `vlmtest report`: rebuilds every output of the last run from its records (cases.jsonl and
+/// the rest, which survive a crash) and prints the summary.
 fn report(out: PathBuf, format: Format) -> ExitCode {
-    match crate::report::load(&out) {
+    match crate::report::rebuild(&out) {
         Ok(r) => {
             match format {
                 Format::Markdown => print!("{}", crate::report::markdown::render(&r)),

@@ -41,7 +41,18 @@ pub fn run_with_args(args: Arguments) -> ExitCode {
             return ExitCode::from(CONFIG_ERROR);
         }
     };
-    run_plan(Plan::build(config), env, &args)
+    let plan = Plan::build(config);
+    if !args.list {
+        // A process-wide choice, made once, before any model loads (see machine::Allocator).
+        let in_process = (0..plan.models.len()).any(|i| plan.model(i).backend.kind().in_process());
+        let default = if in_process {
+            crate::machine::Allocator::Tuned
+        } else {
+            crate::machine::Allocator::Default
+        };
+        env.malloc.unwrap_or(default).apply();
+    }
+    run_plan(plan, env, &args)
 }
 
 /// Logs go to stderr when `RUST_LOG` asks for them.
@@ -93,7 +104,7 @@ pub fn run_plan(plan: Plan, env: Env, args: &Arguments) -> ExitCode {
         let weak = Arc::downgrade(&run);
         crate::interrupt::on_interrupt(crate::interrupt::WRITE_REPORT, move || {
             if let Some(run) = weak.upgrade() {
-                match run.recorder.finish_interrupted(&run) {
+                match run.finish_interrupted() {
                     Ok(()) => eprintln!(
                         "vlmtest: interrupted; the cases that finished are in {}",
                         run.recorder.out().display()

@@ -10,6 +10,7 @@ pub mod error;
 pub mod harness;
 pub mod interrupt;
 pub mod kinds;
+pub mod machine;
 pub mod plan;
 pub mod report;
 pub mod resample;

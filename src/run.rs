@@ -1,15 +1,16 @@
 //! Running the plan: each case is computed once per run, whichever trial asks first (its own
 //! trial, or its suite's gate), and recorded as soon as it finishes.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::backend::{LoadError, Message, ModelSlot, Request, Role, Semaphore, SlotUse};
+use crate::backend::{LoadError, LoadStats, Message, ModelSlot, Request, Role, Semaphore, SlotUse};
 use crate::config::Env;
 use crate::plan::{Plan, TrialKind};
-use crate::report::Recorder;
+use crate::report::{GateFacts, ImageFacts, ModelFacts, ModelStats, Recorder, RunFacts};
 use crate::score;
 use crate::snapshot::{Meta, SnapshotStatus, Snapshots};
-use crate::verdict::{CaseResult, GateResult, Status, SuiteResult, Summary, TurnResult};
+use crate::verdict::{CaseResult, GateResult, Outcome, SuiteResult, Summary, TurnResult};
 
 /// The outcome of a trial, for the harness to hand to libtest.
 pub enum TrialOutcome {
@@ -23,8 +24,71 @@ pub struct Run {
     pub env: Env,
     pub slots: Vec<ModelSlot>,
     cells: Vec<OnceLock<Arc<CaseResult>>>,
+    /// Cases being asked right now, recorded as interrupted if the run is.
+    in_flight: Mutex<BTreeSet<usize>>,
     snapshots: Snapshots,
     pub recorder: Recorder,
+}
+
+/// The plain facts of a plan that the reports need.
+fn run_facts(plan: &Plan) -> RunFacts {
+    let models = (0..plan.models.len())
+        .map(|i| {
+            let m = plan.model(i);
+            ModelFacts {
+                name: m.name.clone(),
+                backend: m.backend.kind().to_string(),
+                text_only: m.text_only,
+            }
+        })
+        .collect();
+    let gates = plan
+        .gates
+        .iter()
+        .map(|g| GateFacts {
+            model: plan.model(g.model).name.clone(),
+            suite: plan.config.suites[g.suite].name.clone(),
+            min_accuracy: g.thresholds.min_accuracy,
+            min_pass_rate: g.thresholds.min_pass_rate,
+        })
+        .collect();
+    let mut images: Vec<ImageFacts> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for suite in &plan.config.suites {
+        for case in &suite.cases {
+            for img in case.turns.iter().flat_map(|t| &t.images) {
+                if seen.insert((suite.name.clone(), img.shown.clone())) {
+                    images.push(ImageFacts {
+                        suite: suite.name.clone(),
+                        shown: img.shown.clone(),
+                        path: img.path.clone(),
+                        mime: img.mime.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    RunFacts {
+        run_id: Recorder::new_run_id(),
+        started_at: Recorder::started_at(),
+        finished_at: None,
+        machine: crate::machine::Machine::detect(),
+        models,
+        gates,
+        images,
+        trials: plan.trials.iter().map(|t| t.name.clone()).collect(),
+    }
+}
+
+fn model_stats(name: &str, s: LoadStats) -> ModelStats {
+    ModelStats {
+        name: name.to_string(),
+        load_s: s.load_s,
+        memory_growth_bytes: s.memory_growth_bytes,
+        external_memory_bytes: s.external_memory_bytes,
+        peak_memory_bytes: s.peak_memory_bytes,
+        load_error: s.load_error,
+    }
 }
 
 impl Run {
@@ -39,12 +103,14 @@ impl Run {
             mode: env.update,
             ci: env.ci,
         };
-        let recorder = Recorder::new(&env.out);
+        let shared = std::env::var_os("NEXTEST_RUN_ID").is_some();
+        let recorder = Recorder::new(&env.out, run_facts(&plan), shared);
         Run {
             plan,
             env,
             slots,
             cells,
+            in_flight: Mutex::new(BTreeSet::new()),
             snapshots,
             recorder,
         }
@@ -69,35 +135,62 @@ impl Run {
     pub fn case_result(&self, i: usize) -> Arc<CaseResult> {
         self.cells[i]
             .get_or_init(|| {
+                self.lock_in_flight().insert(i);
                 let r = Arc::new(self.execute(i));
+                self.record_model_stats(self.plan.cases[i].model);
                 self.recorder.record_case(&r);
-                self.recorder.write_progress(self);
+                self.lock_in_flight().remove(&i);
+                self.recorder.write_progress();
                 r
             })
             .clone()
     }
 
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, BTreeSet<usize>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a model's load figures to the records when they changed.
+    fn record_model_stats(&self, model: usize) {
+        let slot = &self.slots[model];
+        if let Some(stats) = slot.take_changed_stats() {
+            self.recorder
+                .record_model(&model_stats(&slot.spec.name, stats));
+        }
+    }
+
     /// Runs trial `kind` to its outcome.
     pub fn trial(&self, kind: TrialKind) -> TrialOutcome {
+        let model = match kind {
+            TrialKind::Case(i) => self.plan.cases[i].model,
+            TrialKind::Gate(g) => self.plan.gates[g].model,
+        };
+        let outcome = {
+            // Released at the end of the block, even on panic: the last user drops the model.
+            let _use = SlotUse(&self.slots[model]);
+            self.trial_in_use(kind)
+        };
+        self.record_model_stats(model);
+        outcome
+    }
+
+    fn trial_in_use(&self, kind: TrialKind) -> TrialOutcome {
         match kind {
             TrialKind::Case(i) => {
-                let _use = SlotUse(&self.slots[self.plan.cases[i].model]);
                 let r = self.case_result(i);
-                match r.status {
-                    Status::Passed => TrialOutcome::Passed,
-                    Status::Ignored => TrialOutcome::Ignored(r.ignored.clone().unwrap_or_default()),
-                    Status::Failed | Status::Error => {
-                        if self.env.force_pass && only_snapshot_failed(&r) {
-                            TrialOutcome::Passed
-                        } else {
-                            TrialOutcome::Failed(r.failure_message())
-                        }
+                match &r.outcome {
+                    Outcome::Passed => TrialOutcome::Passed,
+                    Outcome::Ignored(why) => TrialOutcome::Ignored(why.clone()),
+                    Outcome::Failed(_) if self.env.force_pass && only_snapshot_failed(&r) => {
+                        TrialOutcome::Passed
+                    }
+                    Outcome::Failed(_) | Outcome::Error(_) | Outcome::Interrupted => {
+                        TrialOutcome::Failed(r.failure_message())
                     }
                 }
             }
             TrialKind::Gate(g) => {
                 let gate = &self.plan.gates[g];
-                let _use = SlotUse(&self.slots[gate.model]);
                 let results: Vec<Arc<CaseResult>> =
                     gate.cases.iter().map(|&i| self.case_result(i)).collect();
                 let sr = self.evaluate_gate(g, &results);
@@ -105,7 +198,10 @@ impl Run {
                 if sr.gate.ignored {
                     let why = results
                         .iter()
-                        .find_map(|r| r.ignored.clone())
+                        .find_map(|r| match &r.outcome {
+                            Outcome::Ignored(why) => Some(why.clone()),
+                            _ => None,
+                        })
                         .unwrap_or_default();
                     TrialOutcome::Ignored(format!("every case was ignored: {why}"))
                 } else if sr.gate.passed {
@@ -135,11 +231,15 @@ impl Run {
         let ignored = summary.cases == 0;
         let failed_cases = results
             .iter()
-            .filter(|r| r.ran() && !r.passed)
+            .filter(|r| r.ran() && !r.passed())
             .map(|r| {
                 (
                     r.case.clone(),
-                    r.reasons.first().cloned().unwrap_or_default(),
+                    r.outcome
+                        .reasons()
+                        .first()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
                 )
             })
             .collect();
@@ -181,29 +281,23 @@ impl Run {
             answer: String::new(),
             score: 0.0,
             pass_at: case.pass_at,
-            passed: false,
-            status: Status::Failed,
+            outcome: Outcome::Passed,
             latency_ms: 0.0,
             max_latency_ms: budget,
             has_image: case.has_images(),
             vqa_accuracy: None,
             simple_correct: None,
             snapshot: SnapshotStatus::Skipped,
-            reasons: Vec::new(),
-            ignored: None,
-            error: None,
             turns: Vec::new(),
         };
         if let Some(reason) = &pc.skip {
-            result.status = Status::Ignored;
-            result.ignored = Some(reason.clone());
+            result.outcome = Outcome::Ignored(reason.clone());
             return result;
         }
         let backend = match slot.get() {
             Ok(b) => b,
             Err(LoadError::Unavailable(why)) if !self.env.require_models => {
-                result.status = Status::Ignored;
-                result.ignored = Some(why);
+                result.outcome = Outcome::Ignored(why);
                 return result;
             }
             Err(LoadError::Unavailable(why)) => {
@@ -310,8 +404,9 @@ impl Run {
             result.simple_correct = Some(simple.iter().all(|b| *b));
         }
 
+        let mut reasons = Vec::new();
         if result.score + 1e-12 < case.pass_at {
-            result.reasons.push(format!(
+            reasons.push(format!(
                 "wrong answer (score {:.3} < pass_at {:.3})",
                 result.score, case.pass_at
             ));
@@ -319,7 +414,7 @@ impl Run {
         if let Some(max) = budget
             && result.latency_ms > max
         {
-            result.reasons.push(format!(
+            reasons.push(format!(
                 "latency {:.0} ms over the budget of {max:.0} ms",
                 result.latency_ms
             ));
@@ -336,16 +431,16 @@ impl Run {
             match self.snapshots.check(&path, &meta, &content) {
                 Ok(status) => {
                     match &status {
-                        SnapshotStatus::Changed { expected } => result.reasons.push(format!(
+                        SnapshotStatus::Changed { expected } => reasons.push(format!(
                             "snapshot changed: accepted {expected:?}, now {content:?}{}",
                             self.review_hint()
                         )),
-                        SnapshotStatus::New => result.reasons.push(format!(
+                        SnapshotStatus::New => reasons.push(format!(
                             "new snapshot written as {}.new{}",
                             path.display(),
                             self.review_hint()
                         )),
-                        SnapshotStatus::Missing => result.reasons.push(format!(
+                        SnapshotStatus::Missing => reasons.push(format!(
                             "snapshot {} is missing (CI writes none: run the suite locally, review, and commit it)",
                             path.display()
                         )),
@@ -353,14 +448,13 @@ impl Run {
                     }
                     result.snapshot = status;
                 }
-                Err(e) => result.reasons.push(e),
+                Err(e) => reasons.push(e),
             }
         }
-        result.passed = result.reasons.is_empty();
-        result.status = if result.passed {
-            Status::Passed
+        result.outcome = if reasons.is_empty() {
+            Outcome::Passed
         } else {
-            Status::Failed
+            Outcome::Failed(reasons)
         };
         result
     }
@@ -375,24 +469,65 @@ impl Run {
 
     /// Ends the run: drops every model and writes the reports.
     pub fn finish(&self) -> Result<(), String> {
-        for s in &self.slots {
+        for (i, s) in self.slots.iter().enumerate() {
             s.unload();
+            self.record_model_stats(i);
         }
-        self.recorder.finish(self)
+        self.recorder.finish(true)
+    }
+
+    /// Ends an interrupted run: the cases being asked are recorded as interrupted, then every
+    /// output is written for what finished (`complete: false`).
+    pub fn finish_interrupted(&self) -> Result<(), String> {
+        let in_flight: Vec<usize> = self.lock_in_flight().iter().copied().collect();
+        for i in in_flight {
+            self.recorder.record_case(&self.interrupted_result(i));
+        }
+        for i in 0..self.slots.len() {
+            self.record_model_stats(i);
+        }
+        self.recorder.finish(false)
+    }
+
+    /// The record of a case that was being asked when the run was interrupted.
+    fn interrupted_result(&self, i: usize) -> CaseResult {
+        let pc = &self.plan.cases[i];
+        let suite = &self.plan.config.suites[pc.suite];
+        let case = &suite.cases[pc.case];
+        CaseResult {
+            name: pc.name.clone(),
+            model: self.plan.model(pc.model).name.clone(),
+            suite: suite.name.clone(),
+            case: case.id.clone(),
+            category: case.category.clone(),
+            prompt: case
+                .turns
+                .last()
+                .map(|t| t.prompt.clone())
+                .unwrap_or_default(),
+            answer: String::new(),
+            score: 0.0,
+            pass_at: case.pass_at,
+            outcome: Outcome::Interrupted,
+            latency_ms: 0.0,
+            max_latency_ms: None,
+            has_image: case.has_images(),
+            vqa_accuracy: None,
+            simple_correct: None,
+            snapshot: SnapshotStatus::Skipped,
+            turns: Vec::new(),
+        }
     }
 }
 
 fn error_result(mut r: CaseResult, msg: String) -> CaseResult {
-    r.status = Status::Error;
-    r.reasons.push(msg.clone());
-    r.error = Some(msg);
-    r.passed = false;
+    r.outcome = Outcome::Error(msg);
     r.score = 0.0;
     r
 }
 
 fn only_snapshot_failed(r: &CaseResult) -> bool {
-    r.status == Status::Failed && r.snapshot.fails() && r.reasons.len() == 1
+    matches!(&r.outcome, Outcome::Failed(reasons) if reasons.len() == 1) && r.snapshot.fails()
 }
 
 /// What is snapshotted: the answer, or for a conversation each turn's answer.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::snapshot::SnapshotStatus;
 
+/// A case's outcome in one word, as report.json's `status` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -15,6 +16,48 @@ pub enum Status {
     /// The model could not answer (request failed, model failed to load).
     Error,
     Ignored,
+    /// The run was interrupted (Ctrl-C, SIGTERM) while the case was being asked.
+    Interrupted,
+}
+
+/// How a case ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Passed,
+    /// It was answered but did not pass: why, one line each (wrong answer, latency, snapshot).
+    Failed(Vec<String>),
+    /// The model could not answer (request failed, model failed to load).
+    Error(String),
+    /// It was not asked, and why.
+    Ignored(String),
+    /// It was being asked when the run was interrupted.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn status(&self) -> Status {
+        match self {
+            Outcome::Passed => Status::Passed,
+            Outcome::Failed(_) => Status::Failed,
+            Outcome::Error(_) => Status::Error,
+            Outcome::Ignored(_) => Status::Ignored,
+            Outcome::Interrupted => Status::Interrupted,
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        matches!(self, Outcome::Passed)
+    }
+
+    /// Why the case did not pass, one line each (empty when it passed or was ignored).
+    pub fn reasons(&self) -> Vec<&str> {
+        match self {
+            Outcome::Failed(r) => r.iter().map(String::as_str).collect(),
+            Outcome::Error(e) => vec![e.as_str()],
+            Outcome::Interrupted => vec!["interrupted before the model answered"],
+            Outcome::Passed | Outcome::Ignored(_) => Vec::new(),
+        }
+    }
 }
 
 /// One turn of a case as it ran.
@@ -41,6 +84,7 @@ pub struct TurnResult {
 
 /// The verdict on one case for one model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(into = "CaseRecord", from = "CaseRecord")]
 pub struct CaseResult {
     pub name: String,
     pub model: String,
@@ -54,8 +98,7 @@ pub struct CaseResult {
     pub score: f64,
     /// The score a case needs to pass.
     pub pass_at: f64,
-    pub passed: bool,
-    pub status: Status,
+    pub outcome: Outcome,
     /// Total generation time over the turns.
     pub latency_ms: f64,
     pub max_latency_ms: Option<f64>,
@@ -65,16 +108,122 @@ pub struct CaseResult {
     /// "Simple accuracy": the answer contains one of the human answers.
     pub simple_correct: Option<bool>,
     pub snapshot: SnapshotStatus,
-    /// Why the case failed, one line each (wrong answer, latency, snapshot, error).
-    pub reasons: Vec<String>,
-    pub ignored: Option<String>,
-    pub error: Option<String>,
     pub turns: Vec<TurnResult>,
 }
 
+/// A case as report.json and cases.jsonl write it: the outcome spread over `passed`, `status`,
+/// `reasons`, `ignored` and `error`, the keys tools read.
+#[derive(Serialize, Deserialize)]
+struct CaseRecord {
+    name: String,
+    model: String,
+    suite: String,
+    case: String,
+    category: Option<String>,
+    prompt: String,
+    answer: String,
+    score: f64,
+    pass_at: f64,
+    passed: bool,
+    status: Status,
+    latency_ms: f64,
+    max_latency_ms: Option<f64>,
+    has_image: bool,
+    vqa_accuracy: Option<f64>,
+    simple_correct: Option<bool>,
+    snapshot: SnapshotStatus,
+    reasons: Vec<String>,
+    ignored: Option<String>,
+    error: Option<String>,
+    turns: Vec<TurnResult>,
+}
+
+impl From<CaseResult> for CaseRecord {
+    fn from(c: CaseResult) -> Self {
+        CaseRecord {
+            passed: c.outcome.passed(),
+            status: c.outcome.status(),
+            reasons: c
+                .outcome
+                .reasons()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            ignored: match &c.outcome {
+                Outcome::Ignored(why) => Some(why.clone()),
+                _ => None,
+            },
+            error: match &c.outcome {
+                Outcome::Error(e) => Some(e.clone()),
+                _ => None,
+            },
+            name: c.name,
+            model: c.model,
+            suite: c.suite,
+            case: c.case,
+            category: c.category,
+            prompt: c.prompt,
+            answer: c.answer,
+            score: c.score,
+            pass_at: c.pass_at,
+            latency_ms: c.latency_ms,
+            max_latency_ms: c.max_latency_ms,
+            has_image: c.has_image,
+            vqa_accuracy: c.vqa_accuracy,
+            simple_correct: c.simple_correct,
+            snapshot: c.snapshot,
+            turns: c.turns,
+        }
+    }
+}
+
+impl From<CaseRecord> for CaseResult {
+    fn from(r: CaseRecord) -> Self {
+        let outcome = match r.status {
+            Status::Passed => Outcome::Passed,
+            Status::Failed => Outcome::Failed(r.reasons),
+            Status::Error => Outcome::Error(
+                r.error
+                    .or_else(|| r.reasons.into_iter().next())
+                    .unwrap_or_default(),
+            ),
+            Status::Ignored => Outcome::Ignored(r.ignored.unwrap_or_default()),
+            Status::Interrupted => Outcome::Interrupted,
+        };
+        CaseResult {
+            name: r.name,
+            model: r.model,
+            suite: r.suite,
+            case: r.case,
+            category: r.category,
+            prompt: r.prompt,
+            answer: r.answer,
+            score: r.score,
+            pass_at: r.pass_at,
+            outcome,
+            latency_ms: r.latency_ms,
+            max_latency_ms: r.max_latency_ms,
+            has_image: r.has_image,
+            vqa_accuracy: r.vqa_accuracy,
+            simple_correct: r.simple_correct,
+            snapshot: r.snapshot,
+            turns: r.turns,
+        }
+    }
+}
+
 impl CaseResult {
+    /// Whether the case was asked to the end (passed, failed or errored): what summaries count.
     pub fn ran(&self) -> bool {
-        self.status != Status::Ignored
+        !matches!(self.outcome, Outcome::Ignored(_) | Outcome::Interrupted)
+    }
+
+    pub fn passed(&self) -> bool {
+        self.outcome.passed()
+    }
+
+    pub fn status(&self) -> Status {
+        self.outcome.status()
     }
 
     /// The failure message libtest prints: question, expected, answer, score and why.
@@ -115,7 +264,7 @@ impl CaseResult {
                 let _ = writeln!(s, "latency:  {:.0} ms", self.latency_ms);
             }
         }
-        for r in &self.reasons {
+        for r in self.outcome.reasons() {
             let _ = writeln!(s, "why:      {r}");
         }
         s.trim_end().to_string()
@@ -165,10 +314,10 @@ impl Summary {
         Summary {
             cases: ran.len(),
             ignored: all.len() - ran.len(),
-            passed: ran.iter().filter(|r| r.passed).count(),
-            errors: ran.iter().filter(|r| r.status == Status::Error).count(),
+            passed: ran.iter().filter(|r| r.passed()).count(),
+            errors: ran.iter().filter(|r| r.status() == Status::Error).count(),
             accuracy: mean(ran.iter().map(|r| r.score)),
-            pass_rate: mean(ran.iter().map(|r| if r.passed { 1.0 } else { 0.0 })),
+            pass_rate: mean(ran.iter().map(|r| if r.passed() { 1.0 } else { 0.0 })),
             vqa_accuracy: mean(ran.iter().filter_map(|r| r.vqa_accuracy)),
             simple_accuracy: mean(
                 ran.iter()
@@ -177,7 +326,7 @@ impl Summary {
             ),
             mean_latency_ms: mean(
                 ran.iter()
-                    .filter(|r| r.status != Status::Error)
+                    .filter(|r| r.status() != Status::Error)
                     .map(|r| r.latency_ms),
             ),
             per_category: cats

@@ -582,14 +582,27 @@ fn an_interrupted_run_keeps_what_finished() {
     assert_eq!(status.code(), Some(130));
     let report = p.report();
     assert_eq!(report["complete"], false);
-    let cases: Vec<&str> = report["cases"]
+    let cases: Vec<(&str, &str)> = report["cases"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c["case"].as_str().unwrap())
+        .map(|c| (c["case"].as_str().unwrap(), c["status"].as_str().unwrap()))
         .collect();
-    assert_eq!(cases, ["a-fast"]);
-    assert!(p.path("target/vlmtest/report.md").exists());
+    // The case in flight is recorded as interrupted, not dropped.
+    assert_eq!(cases, [("a-fast", "passed"), ("b-slow", "interrupted")]);
+    let slow = &report["cases"][1];
+    assert_eq!(slow["passed"], false);
+    assert!(
+        slow["reasons"][0].as_str().unwrap().contains("interrupted"),
+        "{slow}"
+    );
+    let jsonl = std::fs::read_to_string(p.path("target/vlmtest/cases.jsonl")).unwrap();
+    assert!(
+        jsonl.lines().any(|l| l.contains("\"interrupted\"")),
+        "{jsonl}"
+    );
+    let md = std::fs::read_to_string(p.path("target/vlmtest/report.md")).unwrap();
+    assert!(md.contains("1 interrupted"), "{md}");
 }
 
 mod snapshots {

@@ -380,7 +380,7 @@ impl Backend for LlamaServer {
     fn external_memory_bytes(&self) -> Option<u64> {
         let guard = self.running.lock().ok()?;
         let pid = guard.as_ref()?.child.id();
-        crate::report::machine::pid_memory(sysinfo::Pid::from_u32(pid))
+        crate::machine::pid_memory(sysinfo::Pid::from_u32(pid))
     }
 }
 

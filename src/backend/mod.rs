@@ -107,12 +107,27 @@ fn load(spec: &ModelSpec, out: &Path) -> Result<Arc<dyn Backend>, LoadError> {
     }
 }
 
-/// Whether a backend keeps the model in this process's memory (and so counts against
-/// `VLMTEST_MAX_RESIDENT`).
-fn in_process(spec: &ModelSpec) -> bool {
-    match spec.backend {
-        BackendSpec::Candle(_) => true,
-        BackendSpec::OpenAi(_) | BackendSpec::LlamaServer(_) => false,
+/// Loads a model, turning a panic inside a loader (a checkpoint whose values break an
+/// assumption of the code) into that model's load error, so that one broken model never takes
+/// the run down or holds a resident-model permit forever.
+fn load_guarded(
+    loader: Loader,
+    spec: &ModelSpec,
+    out: &Path,
+) -> Result<Arc<dyn Backend>, LoadError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader(spec, out))) {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            Err(LoadError::Failed(format!(
+                "loading model `{}` panicked: {what} (a bug in vlmtest or a checkpoint it does not check yet: please report it)",
+                spec.name
+            )))
+        }
     }
 }
 
@@ -150,6 +165,13 @@ impl Semaphore {
         Permit(self)
     }
 
+    /// Waits for a permit that owns a handle on the semaphore, so it can be kept in a struct;
+    /// it is returned when dropped (also when a panic unwinds past it).
+    pub fn acquire_owned(self: &Arc<Self>) -> OwnedPermit {
+        self.take();
+        OwnedPermit(self.clone())
+    }
+
     fn take(&self) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         while *free == 0 {
@@ -173,18 +195,33 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// A permit of a shared [`Semaphore`], given back on drop.
+pub struct OwnedPermit(Arc<Semaphore>);
+
+impl Drop for OwnedPermit {
+    fn drop(&mut self) {
+        self.0.give();
+    }
+}
+
 enum SlotState {
     Unloaded,
     Loaded {
         backend: Arc<dyn Backend>,
-        holds_resident: bool,
+        /// The resident-model permit of an in-process model, given back when the model is
+        /// dropped.
+        _resident: Option<OwnedPermit>,
     },
     Failed(LoadError),
     Released,
 }
 
+/// How a slot builds its backend ([`load`] in a run; tests give others).
+pub type Loader = fn(&ModelSpec, &Path) -> Result<Arc<dyn Backend>, LoadError>;
+
 /// One model of the run: loaded on first use, dropped after its last user.
 pub struct ModelSlot {
+    loader: Loader,
     pub spec: ModelSpec,
     /// The run's output directory (managed servers write their logs under it).
     out: PathBuf,
@@ -194,11 +231,24 @@ pub struct ModelSlot {
     last_sample_ms: std::sync::atomic::AtomicU64,
     resident: Arc<Semaphore>,
     stats: Mutex<LoadStats>,
+    /// Set when the load figures changed since [`ModelSlot::take_changed_stats`] last ran.
+    stats_changed: std::sync::atomic::AtomicBool,
 }
 
 impl ModelSlot {
     pub fn new(spec: ModelSpec, resident: Arc<Semaphore>, out: &Path) -> Self {
+        Self::with_loader(spec, resident, out, load)
+    }
+
+    /// A slot whose backend `loader` builds.
+    pub fn with_loader(
+        spec: ModelSpec,
+        resident: Arc<Semaphore>,
+        out: &Path,
+        loader: Loader,
+    ) -> Self {
         Self {
+            loader,
             spec,
             out: out.to_path_buf(),
             state: Mutex::new(SlotState::Unloaded),
@@ -207,6 +257,7 @@ impl ModelSlot {
             last_sample_ms: std::sync::atomic::AtomicU64::new(0),
             resident,
             stats: Mutex::new(LoadStats::default()),
+            stats_changed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -227,21 +278,24 @@ impl ModelSlot {
             }
             SlotState::Unloaded => {}
         }
-        let holds_resident = in_process(&self.spec);
-        if holds_resident {
-            self.resident.take();
-        }
-        let before = crate::report::machine::process_rss();
+        let resident = self
+            .spec
+            .backend
+            .kind()
+            .in_process()
+            .then(|| self.resident.acquire_owned());
+        let before = crate::machine::process_rss();
         let start = Instant::now();
         tracing::info!(model = %self.spec.name, "loading model");
-        let result = load(&self.spec, &self.out);
+        let result = load_guarded(self.loader, &self.spec, &self.out);
         let load_s = start.elapsed().as_secs_f64();
-        let after = crate::report::machine::process_rss();
+        let after = crate::machine::process_rss();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        self.stats_changed.store(true, Ordering::SeqCst);
         match result {
             Ok(backend) => {
                 stats.load_s = Some(load_s);
-                if holds_resident {
+                if resident.is_some() {
                     stats.memory_growth_bytes = match (before, after) {
                         (Some(b), Some(a)) => Some(a as i64 - b as i64),
                         _ => None,
@@ -251,14 +305,12 @@ impl ModelSlot {
                 stats.peak_memory_bytes = after;
                 *state = SlotState::Loaded {
                     backend: backend.clone(),
-                    holds_resident,
+                    _resident: resident,
                 };
                 Ok(backend)
             }
             Err(e) => {
-                if holds_resident {
-                    self.resident.give();
-                }
+                // `resident` is dropped here: the permit goes back.
                 stats.load_error = Some(match &e {
                     LoadError::Unavailable(m) | LoadError::Failed(m) => m.clone(),
                 });
@@ -266,6 +318,13 @@ impl ModelSlot {
                 Err(e)
             }
         }
+    }
+
+    /// The load figures, when they changed since the last call.
+    pub fn take_changed_stats(&self) -> Option<LoadStats> {
+        self.stats_changed
+            .swap(false, Ordering::SeqCst)
+            .then(|| self.stats())
     }
 
     /// Samples memory while the model is in use, at most every 200 ms.
@@ -282,7 +341,7 @@ impl ModelSlot {
         {
             return; // another thread is sampling
         }
-        let rss = crate::report::machine::process_rss();
+        let rss = crate::machine::process_rss();
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = rss {
@@ -311,13 +370,12 @@ impl ModelSlot {
     /// Drops the model now (end of its trials, or end of the run).
     pub fn unload(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let SlotState::Loaded { holds_resident, .. } = &*state {
-            let holds = *holds_resident;
+        if let SlotState::Loaded { .. } = &*state {
             tracing::info!(model = %self.spec.name, "dropping model");
+            // Dropping the state drops the backend (a managed server is stopped) and gives the
+            // resident-model permit back.
             *state = SlotState::Released;
-            if holds {
-                self.resident.give();
-            }
+            self.stats_changed.store(true, Ordering::SeqCst);
         }
     }
 
@@ -332,5 +390,86 @@ pub struct SlotUse<'a>(pub &'a ModelSlot);
 impl Drop for SlotUse<'_> {
     fn drop(&mut self) {
         self.0.release_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CandleSpec, ModelSource};
+    use crate::kinds::{Arch, DType, DeviceKind};
+
+    fn candle_spec(name: &str) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            line: 1,
+            enabled: true,
+            backend: BackendSpec::Candle(CandleSpec {
+                arch: Arch::Smolvlm,
+                source: ModelSource::Path("unused".into()),
+                dtype: DType::F32,
+                device: DeviceKind::Cpu,
+            }),
+            params: GenParams {
+                max_new_tokens: 1,
+                temperature: 0.0,
+                seed: None,
+                system_prompt: None,
+            },
+            text_only: true,
+            latency_scale: 1.0,
+        }
+    }
+
+    struct Echo;
+    impl Backend for Echo {
+        fn generate(&self, _: &Request) -> Result<Generation, BackendError> {
+            Ok(Generation::default())
+        }
+    }
+
+    fn panics(_: &ModelSpec, _: &Path) -> Result<Arc<dyn Backend>, LoadError> {
+        panic!("attempt to divide by zero")
+    }
+
+    fn loads(_: &ModelSpec, _: &Path) -> Result<Arc<dyn Backend>, LoadError> {
+        Ok(Arc::new(Echo))
+    }
+
+    /// A loader that panics holds the only resident-model permit while it runs; the panic is
+    /// that model's load error, the permit goes back, and the next model loads (instead of
+    /// waiting forever).
+    #[test]
+    fn a_loader_panic_is_a_load_error_and_frees_the_permit() {
+        let resident = Arc::new(Semaphore::new(1));
+        let out = std::env::temp_dir();
+        let broken = ModelSlot::with_loader(candle_spec("broken"), resident.clone(), &out, panics);
+        let good = Arc::new(ModelSlot::with_loader(
+            candle_spec("good"),
+            resident,
+            &out,
+            loads,
+        ));
+        match broken.get() {
+            Err(LoadError::Failed(m)) => {
+                assert!(
+                    m.contains("panicked") && m.contains("divide by zero"),
+                    "{m}"
+                )
+            }
+            Err(e) => panic!("wrong error: {e:?}"),
+            Ok(_) => panic!("the broken model loaded"),
+        }
+        assert!(broken.stats().load_error.is_some());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let g = good.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(g.get().is_ok());
+        });
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(true),
+            "the good model must load after the broken one"
+        );
     }
 }

@@ -40,6 +40,8 @@ pub struct Env {
     pub ci: bool,
     pub update: UpdateMode,
     pub force_pass: bool,
+    /// `VLMTEST_MALLOC` as written (`None`: unset, the harness decides).
+    pub malloc: Option<crate::machine::Allocator>,
 }
 
 fn truthy(v: &str) -> bool {
@@ -88,7 +90,15 @@ impl Env {
                 )));
             }
         };
+        let malloc = match get("VLMTEST_MALLOC").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => Some(
+                crate::machine::Allocator::from_env(Some(&v), crate::machine::Allocator::Default)
+                    .map_err(ConfigError::env)?,
+            ),
+        };
         Ok(Env {
+            malloc,
             models: path("VLMTEST_MODELS", "models.toml"),
             suites: path("VLMTEST_SUITES", "suites"),
             out: path("VLMTEST_OUT", "target/vlmtest"),

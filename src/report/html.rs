@@ -3,19 +3,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use base64::Engine;
 
-use super::Report;
 use super::junit::escape;
+use super::{ImageFacts, Report};
 use crate::verdict::Status;
 
-/// `images` maps (suite, image path as written) to the file on disk.
-pub fn render(
-    report: &Report,
-    images: &HashMap<(String, String), (PathBuf, &'static str)>,
-) -> String {
+/// `images` are the suites' images: (suite, path as written) → the file on disk.
+pub fn render(report: &Report, images: &[ImageFacts]) -> String {
+    let images: HashMap<(String, String), &ImageFacts> = images
+        .iter()
+        .map(|i| ((i.suite.clone(), i.shown.clone()), i))
+        .collect();
     let mut ids: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut s = String::new();
     let _ = write!(
@@ -64,10 +64,10 @@ pub fn render(
             "<table><tr><th>case</th><th>images</th><th>question</th><th>expected</th><th>answer</th><th>score</th><th>latency (ms)</th><th>why</th></tr>"
         );
         for c in cases {
-            let class = match c.status {
+            let class = match c.status() {
                 Status::Passed => "passed",
                 Status::Failed => "failed",
-                Status::Error => "error",
+                Status::Error | Status::Interrupted => "error",
                 Status::Ignored => "ignored",
             };
             let mut imgs = String::new();
@@ -87,10 +87,9 @@ pub fn render(
                 let _ = writeln!(expected, "{}", t.expected.as_deref().unwrap_or("–"));
                 let _ = writeln!(answers, "{}", t.answer);
             }
-            let why = match (&c.ignored, c.reasons.is_empty()) {
-                (Some(i), _) => i.clone(),
-                (None, false) => c.reasons.join("\n"),
-                _ => String::new(),
+            let why = match &c.outcome {
+                crate::verdict::Outcome::Ignored(i) => i.clone(),
+                o => o.reasons().join("\n"),
             };
             let _ = writeln!(
                 s,
@@ -109,9 +108,10 @@ pub fn render(
     // Each image once, as a data URL, set on every <img> that shows it.
     let _ = writeln!(s, "<script>const IMG = {{");
     for ((suite, shown), id) in &ids {
-        if let Some((path, mime)) = images.get(&(suite.clone(), shown.clone()))
-            && let Ok(bytes) = std::fs::read(path)
+        if let Some(img) = images.get(&(suite.clone(), shown.clone()))
+            && let Ok(bytes) = std::fs::read(&img.path)
         {
+            let mime = &img.mime;
             let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
             let _ = writeln!(s, "\"{id}\": \"data:{mime};base64,{b64}\",");
         }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::Report;
-use crate::verdict::{CaseResult, Status};
+use crate::verdict::{CaseResult, Outcome, Status};
 
 /// Escapes text for XML attributes and content, dropping characters XML 1.0 forbids.
 pub fn escape(s: &str) -> String {
@@ -34,12 +34,12 @@ pub fn render(report: &Report) -> String {
     let failures = report
         .cases
         .iter()
-        .filter(|c| c.status == Status::Failed)
+        .filter(|c| c.status() == Status::Failed)
         .count();
     let errors = report
         .cases
         .iter()
-        .filter(|c| c.status == Status::Error)
+        .filter(|c| matches!(c.status(), Status::Error | Status::Interrupted))
         .count();
     let _ = writeln!(
         s,
@@ -51,10 +51,19 @@ pub fn render(report: &Report) -> String {
             .iter()
             .find(|r| r.model == model && r.suite == suite && !r.gate.ignored);
         let n = cases.len() + usize::from(gate.is_some());
-        let f = cases.iter().filter(|c| c.status == Status::Failed).count()
+        let f = cases
+            .iter()
+            .filter(|c| c.status() == Status::Failed)
+            .count()
             + usize::from(gate.is_some_and(|g| !g.gate.passed));
-        let e = cases.iter().filter(|c| c.status == Status::Error).count();
-        let skipped = cases.iter().filter(|c| c.status == Status::Ignored).count();
+        let e = cases
+            .iter()
+            .filter(|c| matches!(c.status(), Status::Error | Status::Interrupted))
+            .count();
+        let skipped = cases
+            .iter()
+            .filter(|c| c.status() == Status::Ignored)
+            .count();
         let time: f64 = cases.iter().map(|c| c.latency_ms).sum::<f64>() / 1000.0;
         let _ = writeln!(
             s,
@@ -69,27 +78,27 @@ pub fn render(report: &Report) -> String {
                 escape(&format!("{model}::{suite}")),
                 c.latency_ms / 1000.0
             );
-            match c.status {
-                Status::Passed => {
+            match &c.outcome {
+                Outcome::Passed => {
                     let _ = writeln!(s, "/>");
                 }
-                Status::Ignored => {
+                Outcome::Ignored(why) => {
                     let _ = writeln!(
                         s,
                         ">\n      <skipped message=\"{}\"/>\n    </testcase>",
-                        escape(c.ignored.as_deref().unwrap_or(""))
+                        escape(why)
                     );
                 }
-                Status::Failed | Status::Error => {
-                    let tag = if c.status == Status::Error {
-                        "error"
-                    } else {
+                o @ (Outcome::Failed(_) | Outcome::Error(_) | Outcome::Interrupted) => {
+                    let tag = if matches!(o, Outcome::Failed(_)) {
                         "failure"
+                    } else {
+                        "error"
                     };
                     let _ = writeln!(
                         s,
                         ">\n      <{tag} message=\"{}\">{}</{tag}>\n    </testcase>",
-                        escape(&c.reasons.join("; ")),
+                        escape(&o.reasons().join("; ")),
                         escape(&c.failure_message())
                     );
                 }

@@ -144,10 +144,14 @@ pub fn render(report: &Report) -> String {
         },
     );
     let total = report.cases.len();
-    let count = |st: Status| report.cases.iter().filter(|c| c.status == st).count();
+    let count = |st: Status| report.cases.iter().filter(|c| c.status() == st).count();
+    let interrupted = match count(Status::Interrupted) {
+        0 => String::new(),
+        n => format!(", {n} interrupted"),
+    };
     let _ = writeln!(
         s,
-        "{total} cases: {} passed, {} failed, {} errors, {} ignored.\n",
+        "{total} cases: {} passed, {} failed, {} errors, {} ignored{interrupted}.\n",
         count(Status::Passed),
         count(Status::Failed),
         count(Status::Error),
@@ -266,7 +270,12 @@ pub fn render(report: &Report) -> String {
     let failures: Vec<_> = report
         .cases
         .iter()
-        .filter(|c| matches!(c.status, Status::Failed | Status::Error))
+        .filter(|c| {
+            matches!(
+                c.status(),
+                Status::Failed | Status::Error | Status::Interrupted
+            )
+        })
         .collect();
     if !failures.is_empty() {
         let _ = writeln!(s, "\n## Failures\n");
@@ -278,7 +287,7 @@ pub fn render(report: &Report) -> String {
         for (model, cases) in by_model {
             let _ = writeln!(s, "### {model} ({} cases)\n", cases.len());
             for c in cases.iter().take(MAX) {
-                let why = c.reasons.join("; ");
+                let why = c.outcome.reasons().join("; ");
                 let answer: String = c.answer.chars().take(120).collect();
                 let _ = writeln!(
                     s,

@@ -1,12 +1,18 @@
-//! Outputs under `VLMTEST_OUT`: `cases.jsonl` (appended as each case finishes), `report.json`
-//! (rewritten as the run goes, at most twice a second, and at the end), `report.md`,
-//! `junit.xml`.
+//! Outputs under `VLMTEST_OUT`, as a pure function of plain run facts and records.
+//!
+//! The records are appended as the run goes, so a crash keeps them: `cases.jsonl` (one line per
+//! finished case), `gates.jsonl` (one line per evaluated gate), `models.jsonl` (a model's load
+//! figures when it loads and when it is dropped), and `run.json` (the [`RunFacts`] of the plan:
+//! models, gates, images, trial names). [`Report::build`] turns facts and records into
+//! report.json; [`markdown`], [`junit`] and [`html`] render that. The [`Recorder`] keeps the
+//! files up to date during a run; [`rebuild`] (`vlmtest report`) recomputes every output from
+//! the records alone.
 
 pub mod html;
 pub mod junit;
-pub mod machine;
 pub mod markdown;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,9 +21,95 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::Run;
-use crate::verdict::{CaseResult, SuiteResult, Summary};
-use machine::Machine;
+use crate::machine::Machine;
+use crate::verdict::{CaseResult, GateResult, SuiteResult, Summary};
+
+/// A failure to write or read the outputs, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a vlmtest {what}: {source}")]
+    Parse {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no results under {0} (run `cargo test --test vlm` first)")]
+    NoResults(PathBuf),
+}
+
+/// What the plan said, written once per run as run.json: enough to render the reports from the
+/// records alone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunFacts {
+    /// Identifies the run across processes (cargo-nextest runs one process per test).
+    pub run_id: String,
+    pub started_at: String,
+    /// Set when the run ended normally.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    pub machine: Machine,
+    /// The enabled models, sorted by name.
+    pub models: Vec<ModelFacts>,
+    /// Every model × suite gate of the plan.
+    pub gates: Vec<GateFacts>,
+    /// Every image the suites show, for the HTML report.
+    pub images: Vec<ImageFacts>,
+    /// Every trial of the plan, in order.
+    #[serde(default)]
+    pub trials: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelFacts {
+    pub name: String,
+    pub backend: String,
+    /// Whether it can answer without an image.
+    pub text_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateFacts {
+    pub model: String,
+    pub suite: String,
+    pub min_accuracy: Option<f64>,
+    pub min_pass_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageFacts {
+    pub suite: String,
+    /// The path as the suite writes it.
+    pub shown: String,
+    pub path: PathBuf,
+    pub mime: String,
+}
+
+/// A model's load figures, as models.jsonl records them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ModelStats {
+    pub name: String,
+    pub load_s: Option<f64>,
+    /// Growth of this process's resident memory across the load (in-process models).
+    pub memory_growth_bytes: Option<i64>,
+    /// Resident memory of the model's own process (managed servers).
+    pub external_memory_bytes: Option<u64>,
+    /// Highest resident memory of the process seen while the model was loaded.
+    pub peak_memory_bytes: Option<u64>,
+    pub load_error: Option<String>,
+}
 
 /// How a model did on the cases that need an image, or on those that do not.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -72,195 +164,80 @@ pub struct Report {
     pub cases: Vec<CaseResult>,
 }
 
-struct Inner {
-    opened: bool,
-    jsonl: Option<File>,
-    gates: Option<File>,
-    cases: Vec<CaseResult>,
-    suites: Vec<SuiteResult>,
-    last_write: Option<Instant>,
-    error: Option<String>,
-}
-
-/// Collects verdicts as they come and keeps the files under `VLMTEST_OUT` up to date.
-pub struct Recorder {
-    out: PathBuf,
-    started: SystemTime,
-    /// Identifies the run across processes (cargo-nextest runs one process per test).
-    run_id: String,
-    machine: std::sync::OnceLock<Machine>,
-    inner: Mutex<Inner>,
-}
-
-const REWRITE_EVERY: Duration = Duration::from_millis(500);
-
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-impl Recorder {
-    pub fn new(out: &Path) -> Recorder {
-        Recorder {
-            out: out.to_path_buf(),
-            started: SystemTime::now(),
-            run_id: std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| {
-                let nanos = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                format!("{}-{nanos}", std::process::id())
-            }),
-            machine: std::sync::OnceLock::new(),
-            inner: Mutex::new(Inner {
-                opened: false,
-                jsonl: None,
-                gates: None,
-                cases: Vec::new(),
-                suites: Vec::new(),
-                last_write: None,
-                error: None,
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Opens the output directory on first use (a `--list` run never gets here).
-    ///
-    /// Processes of one run share the files: under cargo-nextest (one process per test, the same
-    /// `NEXTEST_RUN_ID`) the first process of the run truncates cases.jsonl and gates.jsonl and
-    /// the others append, so every process's report covers the whole run so far.
-    fn open(&self, inner: &mut Inner) {
-        if inner.opened {
-            return;
-        }
-        inner.opened = true;
-        match self.open_files() {
-            Ok((cases, gates)) => {
-                inner.jsonl = Some(cases);
-                inner.gates = Some(gates);
-            }
-            Err(e) => {
-                inner.error = Some(format!(
-                    "cannot write results under {} (VLMTEST_OUT): {e}",
-                    self.out.display()
-                ))
-            }
-        }
-    }
-
-    fn open_files(&self) -> std::io::Result<(File, File)> {
-        std::fs::create_dir_all(&self.out)?;
-        let lock = File::create(self.out.join(".lock"))?;
-        lock.lock()?;
-        let marker = self.out.join("run-id");
-        let same_run = std::fs::read_to_string(&marker).is_ok_and(|id| id.trim() == self.run_id);
-        let open = |name: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.out.join(name))
-        };
-        if !same_run {
-            File::create(self.out.join("cases.jsonl"))?;
-            File::create(self.out.join("gates.jsonl"))?;
-            std::fs::write(&marker, &self.run_id)?;
-        }
-        let files = (open("cases.jsonl")?, open("gates.jsonl")?);
-        lock.unlock()?;
-        Ok(files)
-    }
-
-    /// Appends a finished case to cases.jsonl at once.
-    pub fn record_case(&self, r: &CaseResult) {
-        let mut inner = self.lock();
-        self.open(&mut inner);
-        append(&mut inner, |i| &mut i.jsonl, "cases.jsonl", r);
-        inner.cases.push(r.clone());
-    }
-
-    pub fn record_suite(&self, s: &SuiteResult) {
-        let mut inner = self.lock();
-        self.open(&mut inner);
-        append(&mut inner, |i| &mut i.gates, "gates.jsonl", s);
-        inner
-            .suites
-            .retain(|x| !(x.model == s.model && x.suite == s.suite));
-        inner.suites.push(s.clone());
-    }
-
-    /// Claims the next rewrite of report.json when one is due (throttled so a long run is not
-    /// quadratic); only the thread that claims it rebuilds the report.
-    fn claim_rewrite(&self) -> bool {
-        let mut inner = self.lock();
-        let due = inner
-            .last_write
-            .is_none_or(|t| t.elapsed() >= REWRITE_EVERY);
-        if due {
-            inner.last_write = Some(Instant::now());
-        }
-        due
-    }
-
-    /// Builds the report from what has been recorded so far.
-    pub fn snapshot(&self, run: &Run, complete: bool) -> Report {
-        let inner = self.lock();
-        let shared = std::env::var_os("NEXTEST_RUN_ID").is_some();
-        let (mut cases, mut suites) = if shared {
-            // Other processes of the run appended theirs; the last verdict per name wins.
-            let cases = read_jsonl::<CaseResult>(&self.out.join("cases.jsonl")).unwrap_or_default();
-            let suites =
-                read_jsonl::<SuiteResult>(&self.out.join("gates.jsonl")).unwrap_or_default();
-            (cases, suites)
-        } else {
-            (inner.cases.clone(), inner.suites.clone())
-        };
-        drop(inner);
+impl Report {
+    /// report.json from the plan's facts and the records: cases (the last record per name
+    /// wins), evaluated gates, and models' load figures. Model × suites whose gate did not run
+    /// (a filtered run) still get their figures, with the gate marked ignored.
+    pub fn build(
+        facts: &RunFacts,
+        mut cases: Vec<CaseResult>,
+        mut suites: Vec<SuiteResult>,
+        stats: &[ModelStats],
+        complete: bool,
+    ) -> Report {
         dedup_last(&mut cases, |c| c.name.clone());
         dedup_last(&mut suites, |s| (s.model.clone(), s.suite.clone()));
         cases.sort_by(|a, b| a.name.cmp(&b.name));
-        // Model × suites whose gate did not run (a filtered run) still get their figures.
-        for g in &run.plan.gates {
-            let model = &run.plan.model(g.model).name;
-            let suite = &run.plan.config.suites[g.suite].name;
+        for g in &facts.gates {
             if suites
                 .iter()
-                .any(|s| &s.model == model && &s.suite == suite)
+                .any(|s| s.model == g.model && s.suite == g.suite)
             {
                 continue;
             }
             let ran: Vec<&CaseResult> = cases
                 .iter()
-                .filter(|c| &c.model == model && &c.suite == suite)
+                .filter(|c| c.model == g.model && c.suite == g.suite)
                 .collect();
             if ran.is_empty() {
                 continue;
             }
             let summary = Summary::of(ran.iter().copied());
             suites.push(SuiteResult {
-                model: model.clone(),
-                suite: suite.clone(),
+                model: g.model.clone(),
+                suite: g.suite.clone(),
                 accuracy: summary.accuracy,
                 pass_rate: summary.pass_rate,
                 summary,
-                gate: crate::verdict::GateResult {
+                gate: GateResult {
                     passed: false,
                     ignored: true,
-                    min_accuracy: g.thresholds.min_accuracy,
-                    min_pass_rate: g.thresholds.min_pass_rate,
+                    min_accuracy: g.min_accuracy,
+                    min_pass_rate: g.min_pass_rate,
                     failures: vec!["gate not run (filtered out)".into()],
                 },
                 failed_cases: Vec::new(),
             });
         }
         suites.sort_by(|a, b| (&a.model, &a.suite).cmp(&(&b.model, &b.suite)));
-        let models = run
-            .slots
+        // The last figures per model; a peak is the highest any record saw.
+        let mut by_model: BTreeMap<&str, ModelStats> = BTreeMap::new();
+        for s in stats {
+            let e = by_model
+                .entry(s.name.as_str())
+                .or_insert_with(|| ModelStats {
+                    name: s.name.clone(),
+                    ..ModelStats::default()
+                });
+            let peak = e.peak_memory_bytes.max(s.peak_memory_bytes);
+            let external = e.external_memory_bytes.max(s.external_memory_bytes);
+            if s.load_s.is_some() || s.load_error.is_some() {
+                e.load_s = s.load_s;
+                e.memory_growth_bytes = s.memory_growth_bytes;
+                e.load_error = s.load_error.clone();
+            }
+            e.peak_memory_bytes = peak;
+            e.external_memory_bytes = external;
+        }
+        let models = facts
+            .models
             .iter()
-            .filter_map(|slot| {
-                let name = &slot.spec.name;
-                let mine: Vec<&CaseResult> = cases.iter().filter(|c| &c.model == name).collect();
+            .filter_map(|m| {
+                let mine: Vec<&CaseResult> = cases.iter().filter(|c| c.model == m.name).collect();
                 if mine.is_empty() {
                     return None;
                 }
@@ -271,15 +248,15 @@ impl Recorder {
                         .collect();
                     Capability {
                         cases: ran.len(),
-                        passed: ran.iter().filter(|c| c.passed).count(),
-                        unsupported: !image && !slot.spec.text_only,
+                        passed: ran.iter().filter(|c| c.passed()).count(),
+                        unsupported: !image && !m.text_only,
                     }
                 };
-                let stats = slot.stats();
+                let stats = by_model.get(m.name.as_str()).cloned().unwrap_or_default();
                 Some(ModelReport {
-                    name: name.clone(),
-                    backend: slot.spec.backend.kind().to_string(),
-                    text_only: slot.spec.text_only,
+                    name: m.name.clone(),
+                    backend: m.backend.clone(),
+                    text_only: m.text_only,
                     load_s: stats.load_s,
                     memory_growth_bytes: stats.memory_growth_bytes,
                     external_memory_bytes: stats.external_memory_bytes,
@@ -298,64 +275,306 @@ impl Recorder {
             .collect();
         Report {
             vlmtest_version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: rfc3339(self.started),
-            finished_at: complete.then(|| rfc3339(SystemTime::now())),
+            started_at: facts.started_at.clone(),
+            finished_at: if complete {
+                Some(
+                    facts
+                        .finished_at
+                        .clone()
+                        .unwrap_or_else(|| rfc3339(SystemTime::now())),
+                )
+            } else {
+                None
+            },
             complete,
-            machine: self.machine.get_or_init(Machine::detect).clone(),
-            peak_memory_bytes: machine::process_peak_rss(),
+            machine: facts.machine.clone(),
+            peak_memory_bytes: by_model.values().filter_map(|s| s.peak_memory_bytes).max(),
             models,
             suites,
             cases,
         }
     }
 
-    /// Rewrites report.json with what has been recorded so far.
-    pub fn write_progress(&self, run: &Run) {
+    /// Every output file's name and text.
+    fn render_all(&self, facts: &RunFacts) -> [(&'static str, String); 4] {
+        [
+            ("report.json", to_json(self)),
+            ("report.md", markdown::render(self)),
+            ("junit.xml", junit::render(self)),
+            ("report.html", html::render(self, &facts.images)),
+        ]
+    }
+}
+
+/// The records of a run as read back from `VLMTEST_OUT`.
+pub struct Records {
+    pub facts: RunFacts,
+    pub cases: Vec<CaseResult>,
+    pub suites: Vec<SuiteResult>,
+    pub stats: Vec<ModelStats>,
+}
+
+impl Records {
+    /// Reads run.json and the .jsonl records of `out`. A record line cut short by a crash is
+    /// skipped (with a warning); a missing run.json (a run that crashed before its first case, or
+    /// an older vlmtest) gives empty facts.
+    pub fn read(out: &Path) -> Result<Records, OutputError> {
+        let cases_path = out.join(CASES);
+        if !cases_path.is_file() {
+            return Err(OutputError::NoResults(out.to_path_buf()));
+        }
+        let facts = match std::fs::read_to_string(out.join(RUN)) {
+            Ok(text) => serde_json::from_str(&text).map_err(|source| OutputError::Parse {
+                path: out.join(RUN),
+                what: "run.json",
+                source,
+            })?,
+            Err(_) => RunFacts::default(),
+        };
+        Ok(Records {
+            facts,
+            cases: read_jsonl(&cases_path)?,
+            suites: read_jsonl(&out.join(GATES)).unwrap_or_default(),
+            stats: read_jsonl(&out.join(MODELS)).unwrap_or_default(),
+        })
+    }
+
+    pub fn report(&self) -> Report {
+        let complete = self.facts.finished_at.is_some();
+        Report::build(
+            &self.facts,
+            self.cases.clone(),
+            self.suites.clone(),
+            &self.stats,
+            complete,
+        )
+    }
+}
+
+/// `vlmtest report`: recomputes report.json, report.md, junit.xml and report.html from the
+/// records under `out` (a run killed with SIGKILL leaves only those) and returns the report.
+pub fn rebuild(out: &Path) -> Result<Report, OutputError> {
+    let records = Records::read(out)?;
+    let report = records.report();
+    for (name, text) in report.render_all(&records.facts) {
+        write_atomic(&out.join(name), &text)?;
+    }
+    Ok(report)
+}
+
+const CASES: &str = "cases.jsonl";
+const GATES: &str = "gates.jsonl";
+const MODELS: &str = "models.jsonl";
+const RUN: &str = "run.json";
+
+struct Inner {
+    opened: bool,
+    cases_file: Option<File>,
+    gates_file: Option<File>,
+    models_file: Option<File>,
+    cases: Vec<CaseResult>,
+    suites: Vec<SuiteResult>,
+    stats: Vec<ModelStats>,
+    last_write: Option<Instant>,
+    error: Option<String>,
+}
+
+/// Collects records as they come and keeps the files under `VLMTEST_OUT` up to date.
+pub struct Recorder {
+    out: PathBuf,
+    facts: RunFacts,
+    /// Several processes write the records of one run (cargo-nextest).
+    shared: bool,
+    inner: Mutex<Inner>,
+}
+
+const REWRITE_EVERY: Duration = Duration::from_millis(500);
+
+impl Recorder {
+    /// A recorder for a run with these facts. `run_id` in the facts decides whether files left
+    /// by earlier processes of the same run are kept (cargo-nextest: `NEXTEST_RUN_ID`).
+    pub fn new(out: &Path, facts: RunFacts, shared: bool) -> Recorder {
+        Recorder {
+            out: out.to_path_buf(),
+            facts,
+            shared,
+            inner: Mutex::new(Inner {
+                opened: false,
+                cases_file: None,
+                gates_file: None,
+                models_file: None,
+                cases: Vec::new(),
+                suites: Vec::new(),
+                stats: Vec::new(),
+                last_write: None,
+                error: None,
+            }),
+        }
+    }
+
+    /// A run id for a run in one process: unique per process start.
+    pub fn new_run_id() -> String {
+        std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{}-{nanos}", std::process::id())
+        })
+    }
+
+    pub fn started_at() -> String {
+        rfc3339(SystemTime::now())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens the output directory on first use (a `--list` run never gets here).
+    ///
+    /// Processes of one run share the files: the first process of a run truncates the records
+    /// and writes run.json; the others append, so every process's report covers the whole run
+    /// so far.
+    fn open(&self, inner: &mut Inner) {
+        if inner.opened {
+            return;
+        }
+        inner.opened = true;
+        match self.open_files() {
+            Ok([cases, gates, models]) => {
+                inner.cases_file = Some(cases);
+                inner.gates_file = Some(gates);
+                inner.models_file = Some(models);
+            }
+            Err(e) => {
+                inner.error = Some(format!(
+                    "cannot write results under {} (VLMTEST_OUT): {e}",
+                    self.out.display()
+                ))
+            }
+        }
+    }
+
+    fn open_files(&self) -> std::io::Result<[File; 3]> {
+        std::fs::create_dir_all(&self.out)?;
+        let lock = File::create(self.out.join(".lock"))?;
+        lock.lock()?;
+        let marker = self.out.join("run-id");
+        let same_run =
+            std::fs::read_to_string(&marker).is_ok_and(|id| id.trim() == self.facts.run_id);
+        if !same_run {
+            for name in [CASES, GATES, MODELS] {
+                File::create(self.out.join(name))?;
+            }
+            std::fs::write(self.out.join(RUN), to_json(&self.facts))?;
+            std::fs::write(&marker, &self.facts.run_id)?;
+        }
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.out.join(name))
+        };
+        let files = [open(CASES)?, open(GATES)?, open(MODELS)?];
+        lock.unlock()?;
+        Ok(files)
+    }
+
+    /// Appends a finished case to cases.jsonl at once, in one write.
+    pub fn record_case(&self, r: &CaseResult) {
+        let mut inner = self.lock();
+        self.open(&mut inner);
+        append(&mut inner, |i| &mut i.cases_file, CASES, r);
+        inner.cases.push(r.clone());
+    }
+
+    pub fn record_suite(&self, s: &SuiteResult) {
+        let mut inner = self.lock();
+        self.open(&mut inner);
+        append(&mut inner, |i| &mut i.gates_file, GATES, s);
+        inner.suites.push(s.clone());
+    }
+
+    /// Records a model's load figures (when it loads, and when it is dropped).
+    pub fn record_model(&self, s: &ModelStats) {
+        let mut inner = self.lock();
+        self.open(&mut inner);
+        append(&mut inner, |i| &mut i.models_file, MODELS, s);
+        inner.stats.push(s.clone());
+    }
+
+    /// Claims the next rewrite of report.json when one is due (throttled so a long run is not
+    /// quadratic); only the thread that claims it rebuilds the report.
+    fn claim_rewrite(&self) -> bool {
+        let mut inner = self.lock();
+        let due = inner
+            .last_write
+            .is_none_or(|t| t.elapsed() >= REWRITE_EVERY);
+        if due {
+            inner.last_write = Some(Instant::now());
+        }
+        due
+    }
+
+    /// The report of what has been recorded so far (by every process of the run).
+    pub fn snapshot(&self, complete: bool) -> Report {
+        let (cases, suites, stats) = if self.shared {
+            match Records::read(&self.out) {
+                Ok(r) => (r.cases, r.suites, r.stats),
+                Err(_) => Default::default(),
+            }
+        } else {
+            let inner = self.lock();
+            (
+                inner.cases.clone(),
+                inner.suites.clone(),
+                inner.stats.clone(),
+            )
+        };
+        Report::build(&self.facts, cases, suites, &stats, complete)
+    }
+
+    /// Rewrites report.json with what has been recorded so far, at most twice a second.
+    pub fn write_progress(&self) {
         if !self.claim_rewrite() {
             return;
         }
-        let report = self.snapshot(run, false);
+        let report = self.snapshot(false);
         let result = write_atomic(&self.out.join("report.json"), &to_json(&report));
         let mut inner = self.lock();
         // The next rewrite is due REWRITE_EVERY after this one ends, however long it took.
         inner.last_write = Some(Instant::now());
         if let Err(e) = result {
-            inner.error = Some(e);
+            inner.error = Some(e.to_string());
         }
     }
 
-    /// Writes every output at the end of the run. Returns the first write error of the run.
-    pub fn finish(&self, run: &Run) -> Result<(), String> {
-        self.write_all(run, true)
-    }
-
-    /// Writes every output for an interrupted run (`complete: false`).
-    pub fn finish_interrupted(&self, run: &Run) -> Result<(), String> {
-        self.write_all(run, false)
-    }
-
-    fn write_all(&self, run: &Run, complete: bool) -> Result<(), String> {
+    /// Writes every output, `complete` or not (an interrupted run). Returns the first error
+    /// of the run.
+    pub fn finish(&self, complete: bool) -> Result<(), String> {
         if !self.lock().opened {
             return Ok(()); // nothing ran
         }
-        let report = self.snapshot(run, complete);
-        let writes = [
-            write_atomic(&self.out.join("report.json"), &to_json(&report)),
-            write_atomic(&self.out.join("report.md"), &markdown::render(&report)),
-            write_atomic(&self.out.join("junit.xml"), &junit::render(&report)),
-            write_atomic(
-                &self.out.join("report.html"),
-                &html::render(&report, &image_files(run)),
-            ),
-        ];
+        let mut facts = self.facts.clone();
+        if complete {
+            facts.finished_at = Some(rfc3339(SystemTime::now()));
+            let _ = write_atomic(&self.out.join(RUN), &to_json(&facts));
+        }
+        let report = self.snapshot(complete);
+        let writes: Vec<Result<(), OutputError>> = report
+            .render_all(&facts)
+            .into_iter()
+            .map(|(name, text)| write_atomic(&self.out.join(name), &text))
+            .collect();
         let inner = self.lock();
         if let Some(e) = &inner.error {
             return Err(e.clone());
         }
         writes
             .into_iter()
-            .collect::<Result<Vec<()>, String>>()
+            .collect::<Result<Vec<()>, OutputError>>()
             .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     pub fn out(&self) -> &Path {
@@ -363,78 +582,25 @@ impl Recorder {
     }
 }
 
-/// (suite, image as written) → the file and its MIME type, for the HTML report.
-fn image_files(run: &Run) -> std::collections::HashMap<(String, String), (PathBuf, &'static str)> {
-    let mut out = std::collections::HashMap::new();
-    for suite in &run.plan.config.suites {
-        for case in &suite.cases {
-            for turn in &case.turns {
-                for img in &turn.images {
-                    out.insert(
-                        (suite.name.clone(), img.shown.clone()),
-                        (img.path.clone(), img.mime),
-                    );
-                }
-            }
-        }
-    }
-    out
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-fn to_json(report: &Report) -> String {
-    serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
+fn write_atomic(path: &Path, text: &str) -> Result<(), OutputError> {
     // Unique per process and write: concurrent processes of one run never share a temp file.
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|source| OutputError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
-/// Reads the last run's report: report.json, or the cases appended to cases.jsonl when the run
-/// ended before writing it.
-pub fn load(out: &Path) -> Result<Report, String> {
-    let json = out.join("report.json");
-    match std::fs::read_to_string(&json) {
-        Ok(text) => {
-            let mut report: Report = serde_json::from_str(&text)
-                .map_err(|e| format!("{} is not a vlmtest report: {e}", json.display()))?;
-            // A run that ended early: cases.jsonl may hold more than the last rewrite.
-            if !report.complete
-                && let Ok(cases) = read_jsonl(&out.join("cases.jsonl"))
-                && cases.len() > report.cases.len()
-            {
-                report.cases = cases;
-            }
-            Ok(report)
-        }
-        Err(_) => {
-            let cases = read_jsonl(&out.join("cases.jsonl")).map_err(|e| {
-                format!(
-                    "no report under {} (run `cargo test --test vlm` first): {e}",
-                    out.display()
-                )
-            })?;
-            Ok(Report {
-                vlmtest_version: env!("CARGO_PKG_VERSION").to_string(),
-                started_at: String::new(),
-                finished_at: None,
-                complete: false,
-                machine: Machine::default(),
-                peak_memory_bytes: None,
-                models: Vec::new(),
-                suites: Vec::new(),
-                cases,
-            })
-        }
-    }
-}
-
-/// Appends `value` as one JSON line to a results file, remembering the first failure.
+/// Appends `value` as one JSON line to a records file (one `write` call, so a line is never
+/// interleaved with another process's), remembering the first failure.
 fn append<T: Serialize>(
     inner: &mut Inner,
     file: fn(&mut Inner) -> &mut Option<File>,
@@ -462,8 +628,11 @@ fn dedup_last<T, K: Eq + std::hash::Hash>(items: &mut Vec<T>, key: impl Fn(&T) -
     *items = kept;
 }
 
-fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, OutputError> {
+    let text = std::fs::read_to_string(path).map_err(|source| OutputError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -471,7 +640,7 @@ fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, Str
         }
         match serde_json::from_str::<T>(line) {
             Ok(c) => out.push(c),
-            // The last line of a crashed run may be cut short.
+            // The last line of a killed run may be cut short.
             Err(e) => tracing::warn!("{}:{}: skipped: {e}", path.display(), i + 1),
         }
     }

@@ -84,6 +84,18 @@ impl LlamaConfig {
 
     /// What this implementation does not do, said before loading rather than computed wrongly.
     pub fn check(&self) -> std::result::Result<(), String> {
+        super::check_sizes(
+            "config.json",
+            &[
+                ("text_config.vocab_size", self.vocab_size),
+                ("text_config.hidden_size", self.hidden_size),
+                ("text_config.intermediate_size", self.intermediate_size),
+                ("text_config.num_hidden_layers", self.num_hidden_layers),
+                ("text_config.num_attention_heads", self.num_attention_heads),
+                ("text_config.num_key_value_heads", self.kv_heads()),
+                ("text_config.head_dim", self.head_dim.unwrap_or(1)),
+            ],
+        )?;
         if self.hidden_act != "silu" {
             return Err(format!(
                 "text_config.hidden_act `{}` is not supported (expected silu)",

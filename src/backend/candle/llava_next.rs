@@ -234,6 +234,17 @@ impl LlavaNext {
             )
         })?;
         let v = &cfg.vision_config;
+        super::check_sizes(
+            "config.json",
+            &[
+                ("vision_config.hidden_size", v.hidden_size),
+                ("vision_config.intermediate_size", v.intermediate_size),
+                ("vision_config.num_hidden_layers", v.num_hidden_layers),
+                ("vision_config.num_attention_heads", v.num_attention_heads),
+                ("vision_config.image_size", v.image_size),
+                ("vision_config.patch_size", v.patch_size),
+            ],
+        )?;
         if v.hidden_act != "quick_gelu" || (v.layer_norm_eps - 1e-5).abs() > 1e-12 {
             return Err(format!(
                 "vision_config: candle's CLIP supports hidden_act quick_gelu with layer_norm_eps 1e-5, got {} and {}",

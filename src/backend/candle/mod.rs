@@ -41,6 +41,17 @@ pub trait Vlm: Send {
     fn tokenizer(&self) -> &tokenizers::Tokenizer;
 }
 
+/// Refuses sizes read from a model's config that the code cannot work with (a 0 would divide by
+/// zero or build empty tensors), naming the file and the key.
+pub fn check_sizes(file: &str, sizes: &[(&str, usize)]) -> Result<(), String> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((key, _)) => Err(format!(
+            "{file}: `{key}` is 0 (expected a positive number, as the Hugging Face repo has it)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Reads a config or tokenizer file of a model folder, naming the file on failure.
 pub fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T, String> {
     let path = dir.join(name);
@@ -154,32 +165,12 @@ impl candle_nn::var_builder::SimpleBackend for ReleasingMmap {
     }
 }
 
-/// Keeps large freed buffers in the heap for reuse. Tensor code allocates and frees buffers of
-/// tens of MB for every operation (attention scores, MLP activations); glibc serves those with
-/// mmap and returns them with munmap, so every operation pays for fresh zeroed pages (page faults
-/// were ~15% of a SmolVLM answer's CPU time). Raising the mmap and trim thresholds lets freed
-/// buffers be reused; the process's peak memory is unchanged (it is set by the largest live set).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: mallopt only changes allocator parameters.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-            }
-        });
-    }
-}
-
 /// Maps the weights (see [`ReleasingMmap`]).
 pub fn var_builder(
     dir: &Path,
     dtype: DType,
     device: &Device,
 ) -> Result<candle_nn::VarBuilder<'static>, String> {
-    tune_allocator();
     let files = weight_files(dir)?;
     // SAFETY: the files are mapped read-only; vlmtest never writes them, and a model folder
     // being rewritten while a run reads it is outside what any loader can guard against.

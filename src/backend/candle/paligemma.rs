@@ -144,6 +144,24 @@ impl PaliGemma {
         }
         let text_cfg: gemma::Config =
             serde_json::from_value(tc).map_err(|e| format!("config.json: text_config: {e}"))?;
+        super::check_sizes(
+            "config.json",
+            &[
+                ("text_config.vocab_size", text_cfg.vocab_size),
+                ("text_config.hidden_size", text_cfg.hidden_size),
+                ("text_config.intermediate_size", text_cfg.intermediate_size),
+                ("text_config.num_hidden_layers", text_cfg.num_hidden_layers),
+                (
+                    "text_config.num_attention_heads",
+                    text_cfg.num_attention_heads,
+                ),
+                (
+                    "text_config.num_key_value_heads",
+                    text_cfg.num_key_value_heads,
+                ),
+                ("text_config.head_dim", text_cfg.head_dim),
+            ],
+        )?;
         let pre: PreprocessorConfig = read_json(dir, "preprocessor_config.json")?;
         let filter = Filter::from_pil(pre.resample).ok_or_else(|| {
             format!(
@@ -152,7 +170,18 @@ impl PaliGemma {
             )
         })?;
         let v = &cfg.vision_config;
-        let patches = (v.image_size / v.patch_size.max(1)).pow(2);
+        super::check_sizes(
+            "config.json",
+            &[
+                ("vision_config.hidden_size", v.hidden_size),
+                ("vision_config.intermediate_size", v.intermediate_size),
+                ("vision_config.num_hidden_layers", v.num_hidden_layers),
+                ("vision_config.num_attention_heads", v.num_attention_heads),
+                ("vision_config.image_size", v.image_size),
+                ("vision_config.patch_size", v.patch_size),
+            ],
+        )?;
+        let patches = (v.image_size / v.patch_size).pow(2);
         let seq_len = pre.image_seq_length.unwrap_or(patches);
         if seq_len != patches || pre.size.height != v.image_size || pre.size.width != v.image_size {
             return Err(format!(

@@ -375,6 +375,18 @@ impl SmolVlm {
             ProcessorConfig::default()
         };
         let v = &cfg.vision_config;
+        super::check_sizes(
+            "config.json",
+            &[
+                ("vision_config.hidden_size", v.hidden_size),
+                ("vision_config.intermediate_size", v.intermediate_size),
+                ("vision_config.num_hidden_layers", v.num_hidden_layers),
+                ("vision_config.num_attention_heads", v.num_attention_heads),
+                ("vision_config.image_size", v.image_size),
+                ("vision_config.patch_size", v.patch_size),
+            ],
+        )?;
+        super::check_sizes("config.json", &[("scale_factor", cfg.scale_factor)])?;
         if v.image_size != pre.max_image_size.longest_edge {
             return Err(format!(
                 "vision_config.image_size {} differs from preprocessor_config.json's max_image_size.longest_edge {}",
