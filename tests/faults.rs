@@ -74,6 +74,25 @@ fn too_many_requests_honours_retry_after() {
 }
 
 #[test]
+fn too_many_requests_honours_retry_after_as_an_http_date() {
+    // Two seconds from now, as an IMF-fixdate (whole seconds: at least one second ahead).
+    let at = std::time::SystemTime::now() + Duration::from_secs(2);
+    let date = httpdate::fmt_http_date(at);
+    let server = scripted(vec![
+        Reply::raw(429, r#"{"error":"slow down"}"#).header("Retry-After", &date),
+    ]);
+    let start = Instant::now();
+    let (r, p) = run(&server, "");
+    assert_eq!(r.outcome("m::s::q"), "ok", "{}", r.all());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(retries(&p), 1);
+}
+
+#[test]
 fn client_errors_and_internal_errors_are_not_retried() {
     for status in [400, 401, 404, 422, 500] {
         let server = scripted(vec![Reply::raw(status, r#"{"error":{"message":"nope"}}"#)]);

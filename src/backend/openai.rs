@@ -206,14 +206,23 @@ pub fn backoff(retry: u32) -> Duration {
     base.mul_f64(factor)
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not honoured).
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0 && s.is_finite())
-        .map(Duration::from_secs_f64)
+/// How long `Retry-After` asks to wait: delay-seconds, or an HTTP-date (IMF-fixdate, or the
+/// obsolete RFC 850 and asctime forms, which RFC 9110 says recipients must accept), measured
+/// from `now`. A date in the past means "now".
+fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(s) = v.parse::<f64>() {
+        return (s >= 0.0 && s.is_finite()).then(|| Duration::from_secs_f64(s));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// One attempt's failure: its message, and whether trying again may help.
@@ -244,7 +253,7 @@ impl OpenAi {
             wait: None,
         })?;
         let status = resp.status();
-        let wait = retry_after(resp.headers());
+        let wait = retry_after(resp.headers(), std::time::SystemTime::now());
         let text = resp.text().map_err(|e| Attempt {
             retryable: !e.is_timeout(),
             message: format!(
@@ -340,6 +349,41 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+        let at = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        // 1994-11-06T08:49:37Z, the date of RFC 9110's examples.
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(retry_after(&at("2"), now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            retry_after(&at("0.5"), now),
+            Some(Duration::from_millis(500))
+        );
+        for date in [
+            "Sun, 06 Nov 1994 08:49:40 GMT",  // IMF-fixdate
+            "Sunday, 06-Nov-94 08:49:40 GMT", // RFC 850
+            "Sun Nov  6 08:49:40 1994",       // asctime
+        ] {
+            assert_eq!(
+                retry_after(&at(date), now),
+                Some(Duration::from_secs(3)),
+                "{date}"
+            );
+        }
+        assert_eq!(
+            retry_after(&at("Sun, 06 Nov 1994 08:49:30 GMT"), now),
+            Some(Duration::ZERO),
+            "a date in the past: retry now"
+        );
+        assert_eq!(retry_after(&at("soon"), now), None);
+        assert_eq!(retry_after(&at("-1"), now), None);
+    }
 
     #[test]
     fn parses_usage_and_content() {
