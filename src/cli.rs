@@ -255,12 +255,19 @@ fn fetch(names: &[String]) -> ExitCode {
             BackendSpec::Candle(c) => match &c.source {
                 ModelSource::Hub { repo, revision } => {
                     eprintln!("fetching {} ({repo}@{revision})", m.name);
+                    #[cfg(feature = "candle")]
                     match crate::backend::candle::hub::fetch(repo, revision) {
                         Ok(dir) => println!("{}: {}", m.name, dir.display()),
                         Err(e) => {
                             eprintln!("error: {}: {e}", m.name);
                             failed = true;
                         }
+                    }
+                    #[cfg(not(feature = "candle"))]
+                    {
+                        let _ = (repo, revision);
+                        eprintln!("error: {}: {}", m.name, crate::kinds::NO_CANDLE);
+                        failed = true;
                     }
                 }
                 ModelSource::Path(p) => {

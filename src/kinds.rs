@@ -15,6 +15,11 @@ pub fn parse<'de, T: Deserialize<'de>>(name: &'de str) -> Result<T, String> {
     T::deserialize(de).map_err(|e| e.to_string())
 }
 
+/// Why a candle model cannot run in a build without the `candle` feature.
+pub const NO_CANDLE: &str = "backend `candle` (in-process models) needs vlmtest built with the `candle` cargo feature, \
+     which is on by default; this build left it out (--no-default-features): rebuild without that flag, \
+     or serve the model over HTTP (backend = \"openai\" or \"llama-server\")";
+
 /// The engines a model can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

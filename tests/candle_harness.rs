@@ -1,6 +1,8 @@
 //! In-process (candle) models through the real harness: the offline smoke profile end to end,
 //! models in the Hugging Face cache, unavailable models, and one model resident at a time.
 
+#![cfg(feature = "candle")]
+
 mod common;
 #[path = "common/golden.rs"]
 mod golden;

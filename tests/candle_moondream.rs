@@ -2,6 +2,8 @@
 //! offline reference implementation): loading from a folder laid out like the repo,
 //! preprocessing, the prompt, generation, and determinism.
 
+#![cfg(feature = "candle")]
+
 #[path = "common/golden.rs"]
 mod golden;
 

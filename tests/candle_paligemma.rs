@@ -2,6 +2,8 @@
 //! `tests/fixtures/paligemma`: prompt, token ids, pixel values, first-step logits (within 1e-3)
 //! and 8 greedy tokens (exactly).
 
+#![cfg(feature = "candle")]
+
 #[path = "common/golden.rs"]
 mod golden;
 

@@ -3,6 +3,8 @@
 //! token ids, pixel values, first-step logits (within 1e-3) and 8 greedy tokens (exactly), with
 //! image splitting on and off.
 
+#![cfg(feature = "candle")]
+
 #[path = "common/golden.rs"]
 mod golden;
 

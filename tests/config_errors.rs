@@ -406,3 +406,26 @@ fn bad_max_resident() {
         r.stderr
     );
 }
+
+/// An HTTP-only build (`--no-default-features`) refuses a candle model at load time, naming the
+/// feature; the default build takes the same file.
+#[test]
+fn a_candle_model_needs_the_candle_feature() {
+    let p = Project::new();
+    p.suite("ok", SUITE).write(
+        "models.toml",
+        "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\npath = \"somewhere\"\n",
+    );
+    let r = p.run(&["--list"], &[]);
+    if cfg!(feature = "candle") {
+        assert_eq!(r.code, Some(0), "{}", r.all());
+    } else {
+        assert_eq!(r.code, Some(2), "{}", r.all());
+        assert!(
+            r.stderr
+                .contains("models.toml:2: model `m`: backend `candle` (in-process models) needs vlmtest built with the `candle` cargo feature"),
+            "{}",
+            r.stderr
+        );
+    }
+}

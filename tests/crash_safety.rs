@@ -3,6 +3,7 @@
 //! `vlmtest report` rebuilds every output.
 
 mod common;
+#[cfg(feature = "candle")]
 #[path = "common/golden.rs"]
 mod golden;
 
@@ -31,6 +32,7 @@ fn wait_or_kill(child: &mut std::process::Child, limit: Duration) -> std::proces
 /// with a message naming the file and the value, the run goes on, and the good model's trials
 /// pass. (That a panic in any loader becomes a load error and gives the resident-model permit
 /// back is checked in `backend::tests`.)
+#[cfg(feature = "candle")]
 #[test]
 fn a_broken_checkpoint_fails_its_model_and_the_next_model_still_loads() {
     let p = Project::new();

@@ -1,6 +1,8 @@
 //! `vlmtest fetch` against a stand-in Hugging Face Hub on loopback (`HF_ENDPOINT`): the files land
 //! in the standard cache layout under `HF_HOME`, and a run then finds them with no network.
 
+#![cfg(feature = "candle")]
+
 mod common;
 
 use std::io::{BufReader, Write};

@@ -4,6 +4,7 @@
 //! that need it, and dropped after its last trial of the run. Load time and memory growth are
 //! measured around the load.
 
+#[cfg(feature = "candle")]
 pub mod candle;
 pub mod llama_server;
 pub mod openai;
@@ -96,9 +97,17 @@ fn load(spec: &ModelSpec, out: &Path) -> Result<Arc<dyn Backend>, LoadError> {
     match &spec.backend {
         BackendSpec::LlamaServer(l) => llama_server::LlamaServer::start(&spec.name, l, out)
             .map(|b| Arc::new(b) as Arc<dyn Backend>),
+        #[cfg(feature = "candle")]
         BackendSpec::Candle(c) => {
             candle::Candle::load(&spec.name, c).map(|b| Arc::new(b) as Arc<dyn Backend>)
         }
+        // models.toml refuses candle models in such a build; this is a second line of defence.
+        #[cfg(not(feature = "candle"))]
+        BackendSpec::Candle(_) => Err(LoadError::Failed(format!(
+            "model `{}`: {}",
+            spec.name,
+            crate::kinds::NO_CANDLE
+        ))),
         BackendSpec::OpenAi(o) => {
             let b = openai::OpenAi::new(o).map_err(LoadError::Failed)?;
             b.probe().map_err(LoadError::Unavailable)?;

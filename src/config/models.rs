@@ -445,6 +445,15 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                 continue;
             }
         };
+        if kind == BackendKind::Candle && !cfg!(feature = "candle") {
+            let at = backend.map(|(_, v)| v.span()).unwrap_or(span.clone());
+            errors.push(ConfigError::new(
+                path,
+                line(&at),
+                format!("model `{name}`: {}", kinds::NO_CANDLE),
+            ));
+            continue;
+        }
         let de = || ValueDeserializer::from(value.clone());
         let raw = match kind {
             BackendKind::Candle => RawCandle::deserialize(de()).map(Raw::Candle),
