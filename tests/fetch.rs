@@ -3,7 +3,11 @@
 
 #![cfg(feature = "candle")]
 
+#[path = "common/answers.rs"]
+mod answers;
 mod common;
+#[path = "common/golden.rs"]
+mod golden;
 
 use std::io::{BufReader, Write};
 use std::net::TcpListener;
@@ -173,13 +177,17 @@ fn same_files(a: &Path, b: &Path) {
 fn fetch_downloads_into_the_cache_and_the_run_finds_it_offline() {
     let (endpoint, seen) = fake_hub(fixture_files());
     let p = Project::new();
-    p.suite(
-        "s",
-        "name: s\ncases:\n  - id: horse\n    image: images/horse.png\n    question: What is it?\n    expect: { regex: \"(?s).\" }\n",
-    );
+    // A case whose answer transformers gave (tests/fixtures/smolvlm/golden_smoke.json).
+    let cases: Vec<answers::Case> = answers::load("smolvlm/golden_smoke.json")
+        .cases
+        .into_iter()
+        .filter(|c| c.id == "one-image")
+        .collect();
+    answers::copy_images(&p.path("suites"));
+    p.suite("s", &answers::suite("s", &cases));
     p.write(
         "models.toml",
-        &format!("[models.tiny]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"{REPO}\"\nmax_new_tokens = 3\n\n[models.remote]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\n"),
+        &format!("[models.tiny]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"{REPO}\"\n\n[models.remote]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\n"),
     );
     let home = tempfile::tempdir().unwrap();
     let env = [
@@ -221,8 +229,9 @@ fn fetch_downloads_into_the_cache_and_the_run_finds_it_offline() {
         ],
     );
     assert_eq!(run.code, Some(0), "{}", run.all());
-    assert_eq!(run.outcome("tiny::s::horse"), "ok");
+    assert_eq!(run.outcome("tiny::s::one-image"), "ok");
     assert_eq!(run.outcome("tiny::s::gate"), "ok");
+    answers::check_report(&p.report(), "tiny", "s", &cases);
 }
 
 #[test]

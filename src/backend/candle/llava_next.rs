@@ -26,8 +26,7 @@ use serde::Deserialize;
 use super::llama::{Llama, LlamaConfig};
 use super::template::ChatTemplate;
 use super::{
-    Prefill, Vlm, generation_eos, load_tokenizer, push_chw, read_json, request_images, resize_rgb,
-    splice_images,
+    Prefill, Vlm, load_tokenizer, push_chw, read_json, request_images, resize_rgb, splice_images,
 };
 use crate::backend::Request;
 use crate::resample::Filter;
@@ -299,12 +298,7 @@ impl LlavaNext {
             .image_token_index
             .or_else(|| tokenizer.token_to_id("<image>"))
             .ok_or("neither config.json's image_token_index nor the tokenizer has <image>")?;
-        let mut eos = generation_eos(dir)?;
-        if let Some(id) = tokenizer.token_to_id("</s>")
-            && !eos.contains(&id)
-        {
-            eos.push(id);
-        }
+        let eos = super::eos::stop_tokens(dir)?;
         let clip = ClipVisionConfig {
             embed_dim: v.hidden_size,
             activation: ClipActivation::QuickGelu,

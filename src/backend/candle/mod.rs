@@ -2,6 +2,7 @@
 //! generation loop they share (greedy or sampled decoding, stop at EOS or `max_new_tokens`, a KV
 //! cache that starts empty for every request, timings and token counts).
 
+pub mod eos;
 pub mod hub;
 pub mod llama;
 pub mod llava_next;
@@ -36,7 +37,7 @@ pub trait Vlm: Send {
     fn prefill(&mut self, request: &Request) -> Result<Prefill, String>;
     /// Feeds the token just chosen; returns the logits for the next one (`[vocab]`, f32).
     fn step(&mut self, token: u32) -> candle_core::Result<Tensor>;
-    /// Tokens that end an answer.
+    /// Tokens that end an answer: those transformers' `generate()` stops on ([`eos`]).
     fn eos(&self) -> &[u32];
     fn tokenizer(&self) -> &tokenizers::Tokenizer;
 }
@@ -181,25 +182,6 @@ pub fn var_builder(
         dtype,
         device.clone(),
     ))
-}
-
-/// Token ids of `generation_config.json`'s `eos_token_id` (a number or a list).
-pub fn generation_eos(dir: &Path) -> Result<Vec<u32>, String> {
-    if !dir.join("generation_config.json").is_file() {
-        return Ok(Vec::new());
-    }
-    let v: serde_json::Value = read_json(dir, "generation_config.json")?;
-    Ok(match v.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().map(|n| vec![n as u32]).unwrap_or_default()
-        }
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|n| n.as_u64())
-            .map(|n| n as u32)
-            .collect(),
-        _ => Vec::new(),
-    })
 }
 
 pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer, String> {

@@ -23,8 +23,7 @@ use image::RgbImage;
 use serde::Deserialize;
 
 use super::{
-    Prefill, Vlm, generation_eos, load_tokenizer, push_chw, read_json, request_images, resize_rgb,
-    splice_images,
+    Prefill, Vlm, load_tokenizer, push_chw, read_json, request_images, resize_rgb, splice_images,
 };
 use crate::backend::{Request, Role};
 use crate::resample::Filter;
@@ -198,12 +197,7 @@ impl PaliGemma {
             .id_to_token(2)
             .filter(|t| t == "<bos>")
             .unwrap_or_else(|| "<bos>".into());
-        let mut eos = generation_eos(dir)?;
-        if let Some(id) = tokenizer.token_to_id("<eos>")
-            && !eos.contains(&id)
-        {
-            eos.push(id);
-        }
+        let eos = super::eos::stop_tokens(dir)?;
         let vb = super::var_builder(dir, dtype, device)?;
         let weights = |e: candle_core::Error| {
             format!(

@@ -23,8 +23,7 @@ use super::llama::{Llama, LlamaConfig};
 use super::siglip::{Act, Dims, VisionEncoder};
 use super::template::ChatTemplate;
 use super::{
-    Prefill, Vlm, generation_eos, load_tokenizer, push_chw, read_json, request_images, resize_rgb,
-    splice_images,
+    Prefill, Vlm, load_tokenizer, push_chw, read_json, request_images, resize_rgb, splice_images,
 };
 use crate::backend::Request;
 use crate::resample::Filter;
@@ -408,14 +407,7 @@ impl SmolVlm {
             .image_token_id
             .or_else(|| tokenizer.token_to_id("<image>"))
             .ok_or("neither config.json's image_token_id nor the tokenizer has <image>")?;
-        let mut eos = generation_eos(dir)?;
-        for t in ["<end_of_utterance>", "<|im_end|>"] {
-            if let Some(id) = tokenizer.token_to_id(t)
-                && !eos.contains(&id)
-            {
-                eos.push(id);
-            }
-        }
+        let eos = super::eos::stop_tokens(dir)?;
         let dims = Dims {
             hidden: v.hidden_size,
             intermediate: v.intermediate_size,
