@@ -63,11 +63,23 @@ pub enum ModelSource {
     Path(PathBuf),
 }
 
+/// Where an in-process model's tokenizer comes from when it is not the model repo's own
+/// `tokenizer.json` (`tokenizer` / `tokenizer_repo`; Moondream2's 2025 layout needs it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenizerSource {
+    /// A `tokenizer.json`, or a folder holding one, resolved against models.toml's directory.
+    Path(PathBuf),
+    /// A Hugging Face repo at `main`, read from the cache (`vlmtest fetch` downloads it).
+    Hub { repo: String, revision: String },
+}
+
 /// A model run in-process on candle.
 #[derive(Debug, Clone)]
 pub struct CandleSpec {
     pub arch: String,
     pub source: ModelSource,
+    /// `None`: the model repo's own `tokenizer.json`.
+    pub tokenizer: Option<TokenizerSource>,
     /// f32 | f16 | bf16
     pub dtype: String,
     /// cpu | cuda | metal | auto
@@ -152,7 +164,16 @@ impl BackendKind {
 
     fn keys(self) -> &'static [&'static str] {
         match self {
-            BackendKind::Candle => &["arch", "repo", "revision", "path", "dtype", "device"],
+            BackendKind::Candle => &[
+                "arch",
+                "repo",
+                "revision",
+                "path",
+                "dtype",
+                "device",
+                "tokenizer",
+                "tokenizer_repo",
+            ],
             BackendKind::Openai => &[
                 "base_url",
                 "model",
@@ -229,12 +250,14 @@ struct RawModel {
     path: Option<String>,
     dtype: Option<String>,
     device: Option<String>,
+    tokenizer: Option<String>,
+    tokenizer_repo: Option<String>,
 }
 
 impl RawModel {
     /// The keys present in the table, by name.
     fn present(&self) -> Vec<&'static str> {
-        let pairs: [(&str, bool); 25] = [
+        let pairs: [(&str, bool); 27] = [
             ("base_url", self.base_url.is_some()),
             ("model", self.model.is_some()),
             ("api_key_env", self.api_key_env.is_some()),
@@ -252,6 +275,8 @@ impl RawModel {
             ("path", self.path.is_some()),
             ("dtype", self.dtype.is_some()),
             ("device", self.device.is_some()),
+            ("tokenizer", self.tokenizer.is_some()),
+            ("tokenizer_repo", self.tokenizer_repo.is_some()),
             ("enabled", self.enabled.is_some()),
             ("max_new_tokens", self.max_new_tokens.is_some()),
             ("temperature", self.temperature.is_some()),
@@ -330,6 +355,61 @@ fn key_line(text: &str, range: &Range<usize>, key: &str) -> usize {
         offset += l.len();
     }
     line_of_offset(text, start)
+}
+
+/// `tokenizer` / `tokenizer_repo` of a candle model: `Err((key, message))`.
+fn candle_tokenizer(
+    m: &RawModel,
+    arch: &str,
+    base: &Path,
+) -> Result<Option<TokenizerSource>, (&'static str, String)> {
+    let key = match (&m.tokenizer, &m.tokenizer_repo) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err((
+                "tokenizer_repo",
+                "give either `tokenizer` (a local tokenizer.json or its folder) or `tokenizer_repo` (a Hugging Face repo), not both".into(),
+            ));
+        }
+        (Some(_), None) => "tokenizer",
+        (None, Some(_)) => "tokenizer_repo",
+    };
+    if arch != "moondream2" {
+        return Err((
+            key,
+            format!(
+                "`{key}` applies to arch `moondream2` only (arch `{arch}` reads the tokenizer.json of its own repo)"
+            ),
+        ));
+    }
+    if let Some(p) = &m.tokenizer {
+        if p.trim().is_empty() {
+            return Err((
+                "tokenizer",
+                "`tokenizer` is empty (expected a tokenizer.json file or a folder holding one)"
+                    .into(),
+            ));
+        }
+        return Ok(Some(TokenizerSource::Path(base.join(p))));
+    }
+    let r = m.tokenizer_repo.clone().unwrap_or_default();
+    let parts: Vec<&str> = r.split('/').collect();
+    if parts.len() != 2
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+    {
+        return Err((
+            "tokenizer_repo",
+            format!(
+                "`tokenizer_repo` must name a Hugging Face repo such as \"moondream/starmie-v1\", got `{r}`"
+            ),
+        ));
+    }
+    Ok(Some(TokenizerSource::Hub {
+        repo: r,
+        revision: "main".into(),
+    }))
 }
 
 /// Reads and checks models.toml.
@@ -644,10 +724,15 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                         None
                     }
                 };
+                let tokenizer = candle_tokenizer(m, &arch, base)
+                    .map_err(|(key, msg)| errors.push(err(at(key), msg)))
+                    .ok()
+                    .flatten();
                 source.map(|source| {
                     BackendSpec::Candle(CandleSpec {
                         arch,
                         source,
+                        tokenizer,
                         dtype,
                         device,
                     })
