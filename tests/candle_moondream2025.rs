@@ -783,3 +783,35 @@ fn answers_end_to_end_through_models_toml_and_the_harness() {
         assert_eq!(got["turns"][0]["completion_tokens"], 12, "{name}");
     }
 }
+
+#[test]
+fn a_missing_tokenizer_fails_and_text_only_is_declared() {
+    let p = common::Project::new();
+    copy_dir(&dir().join("images"), &p.path("suites/images"), &[]);
+    p.suite(
+        "s",
+        "name: s\ndefaults: { snapshot: false }\ncases:\n  - id: cat\n    image: images/chelsea.png\n    question: What color is the cat?\n    expect: { regex: \"(?s).\" }\n  - id: words\n    question: Say hello.\n    expect: { regex: \"(?s).\" }\n",
+    );
+    let model = dir().join("model");
+    p.write(
+        "models.toml",
+        &format!(
+            "[defaults]\nmax_new_tokens = 2\n\n[models.a]\nbackend = \"candle\"\narch = \"moondream2\"\npath = \"{}\"\ntokenizer = \"nowhere\"\n\n[models.b]\nbackend = \"candle\"\narch = \"moondream2\"\npath = \"{}\"\ntokenizer = \"{}\"\n",
+            model.display(),
+            model.display(),
+            dir().join("tokenizer/tokenizer.json").display()
+        ),
+    );
+    let run = p.run(&[], &[]);
+    assert_eq!(run.code, Some(101), "{}", run.all());
+    assert_eq!(run.outcome("a::s::cat"), "FAILED");
+    assert!(
+        run.stdout
+            .contains("nowhere is not there (expected a tokenizer.json"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(run.outcome("b::s::cat"), "ok");
+    // models.toml cannot see which layout the files have: text_only stays false unless declared.
+    assert_eq!(run.outcome("b::s::words"), "ignored");
+}

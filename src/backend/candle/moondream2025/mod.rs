@@ -218,6 +218,12 @@ impl Moondream2025 {
                 ids.extend(question.get_ids());
                 ids.extend(&qt.suffix);
                 ids.extend(&qt.suffix);
+                let vocab = self.cfg.text.vocab_size;
+                if let Some(id) = ids.iter().find(|id| **id as usize >= vocab) {
+                    return Err(format!(
+                        "the tokenizer gave token {id}, outside the model's vocabulary of {vocab} (config.json text.vocab_size): the tokenizer does not belong to this model"
+                    ));
+                }
                 Ok(ids)
             }
         }
@@ -269,14 +275,6 @@ fn check_tokenizer(
             "{} is not Moondream's starmie-v1 tokenizer: expected <|endoftext|> = {} and the <|md_reserved_N|> tokens{hint}",
             file.display(),
             cfg.tokenizer.eos_id
-        ));
-    }
-    let size = tok.get_vocab_size(true);
-    if size > cfg.text.vocab_size {
-        return Err(format!(
-            "{} has {size} tokens, more than the model's vocabulary of {} (config text.vocab_size)",
-            file.display(),
-            cfg.text.vocab_size
         ));
     }
     Ok(())
