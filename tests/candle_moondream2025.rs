@@ -744,8 +744,11 @@ fn answers_end_to_end_through_models_toml_and_the_harness() {
     let p = common::Project::new();
     let images = p.path("suites/images");
     copy_dir(&dir().join("images"), &images, &[]);
+    // A query, a caption and a text-only query (the two-crop image keeps it quick; the test
+    // above runs every case from the images, nine-crop ones too).
+    let cases: Vec<&Value> = [0, 4, 5].iter().map(|i| &g["cases"][*i]).collect();
     let mut suite = String::from("name: md\ndefaults: { snapshot: false }\ncases:\n");
-    for case in g["cases"].as_array().unwrap() {
+    for case in &cases {
         suite.push_str(&format!("  - id: c{}\n", case["id"]));
         if let Some(i) = case["image"].as_str() {
             suite.push_str(&format!("    image: images/{i}\n"));
@@ -767,7 +770,7 @@ fn answers_end_to_end_through_models_toml_and_the_harness() {
     let run = p.run(&[], &[]);
     assert_eq!(run.code, Some(0), "{}", run.all());
     let r = p.report();
-    for case in g["cases"].as_array().unwrap() {
+    for case in &cases {
         let name = format!("c{}", case["id"]);
         let got = r["cases"]
             .as_array()

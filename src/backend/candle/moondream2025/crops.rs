@@ -220,6 +220,9 @@ mod tests {
         assert_eq!(select_tiling(288, 400, 266, 12), (2, 4));
         assert_eq!(select_tiling(700, 300, 266, 12), (5, 2));
         assert_eq!(select_tiling(1000, 500, 266, 12), (4, 2));
+        // Raised to the minimum, then over the limit: the longer side gives way.
+        assert_eq!(select_tiling(270, 1500, 266, 12), (2, 6));
+        assert_eq!(select_tiling(1500, 270, 266, 12), (6, 2));
         // More windows needed than allowed: proportional.
         assert_eq!(select_tiling(2000, 300, 266, 12), (6, 1));
         assert_eq!(select_tiling(4000, 4000, 266, 12), (3, 3));
