@@ -19,6 +19,8 @@ fn tiny() -> PathBuf {
 }
 
 type Files = Vec<(String, Vec<u8>)>;
+/// Status, headers, body.
+type HubReply = (u16, Vec<(String, String)>, Vec<u8>);
 
 /// Serves `files` of REPO the way the Hub does for hf-hub: the repo listing, and each file's
 /// `resolve` URL with ETag, X-Repo-Commit and byte ranges. Records the paths asked for.
@@ -72,11 +74,7 @@ fn fake_hub_of(repos: Vec<(String, Files)>) -> (String, Arc<Mutex<Vec<String>>>)
 }
 
 /// The answer of `repo`'s endpoints, `None` when the request is for another repo.
-fn answer(
-    repo: &str,
-    files: &[(String, Vec<u8>)],
-    req: &http::RawRequest,
-) -> Option<(u16, Vec<(String, String)>, Vec<u8>)> {
+fn answer(repo: &str, files: &[(String, Vec<u8>)], req: &http::RawRequest) -> Option<HubReply> {
     let json = |v: serde_json::Value| {
         (
             200,
