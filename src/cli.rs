@@ -51,6 +51,7 @@ enum Command {
     /// Download the files of in-process (`backend = "candle"`) models into the Hugging Face cache
     /// (`HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN` are honoured), so that runs need no network. With no
     /// MODEL, every enabled candle model of models.toml (VLMTEST_MODELS) that names a `repo`.
+    /// A model's `tokenizer_repo` is fetched with it.
     Fetch {
         /// Model names from models.toml.
         models: Vec<String>,
@@ -269,13 +270,15 @@ fn fetch(names: &[String]) -> ExitCode {
                         eprintln!("error: {}: {}", m.name, crate::kinds::NO_CANDLE);
                         failed = true;
                     }
+                    failed |= !fetch_tokenizer(&m.name, c);
                 }
                 ModelSource::Path(p) => {
                     println!(
                         "{}: local folder {} (nothing to fetch)",
                         m.name,
                         p.display()
-                    )
+                    );
+                    failed |= !fetch_tokenizer(&m.name, c);
                 }
             },
             other if !names.is_empty() => {
@@ -292,6 +295,31 @@ fn fetch(names: &[String]) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Fetches the tokenizer repo a candle model names (`tokenizer_repo`); false when that failed.
+fn fetch_tokenizer(name: &str, c: &crate::config::CandleSpec) -> bool {
+    let Some(crate::config::TokenizerSource::Hub { repo, revision }) = &c.tokenizer else {
+        return true;
+    };
+    eprintln!("fetching the tokenizer of {name} ({repo}@{revision})");
+    #[cfg(not(feature = "candle"))]
+    {
+        let _ = (repo, revision);
+        eprintln!("error: {name}: {}", crate::kinds::NO_CANDLE);
+        false
+    }
+    #[cfg(feature = "candle")]
+    match crate::backend::candle::hub::fetch(repo, revision) {
+        Ok(dir) => {
+            println!("{name} tokenizer: {}", dir.display());
+            true
+        }
+        Err(e) => {
+            eprintln!("error: {name}: tokenizer: {e}");
+            false
+        }
     }
 }
 

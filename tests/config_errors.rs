@@ -315,6 +315,14 @@ bad_models!(
     "models.toml:5: `revision` applies to `repo`, not to `path`"
 );
 bad_models!(
+    tokenizer_keys_of_moondream2,
+    "[models.m]\nbackend = \"candle\"\narch = \"moondream2\"\nrepo = \"vikhyatk/moondream2\"\ntokenizer = \"tok\"\ntokenizer_repo = \"moondream/starmie-v1\"\n\n[models.n]\nbackend = \"candle\"\narch = \"moondream2\"\nrepo = \"vikhyatk/moondream2\"\ntokenizer_repo = \"starmie-v1\"\n\n[models.s]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"a/b\"\ntokenizer = \"tok\"\n\n[models.o]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\ntokenizer_repo = \"a/b\"\n",
+    "models.toml:6: give either `tokenizer` (a local tokenizer.json or its folder) or `tokenizer_repo` (a Hugging Face repo), not both",
+    "models.toml:12: `tokenizer_repo` must name a Hugging Face repo such as \"moondream/starmie-v1\", got `starmie-v1`",
+    "models.toml:18: `tokenizer` applies to arch `moondream2` only (arch `smolvlm` reads the tokenizer.json of its own repo)",
+    "models.toml:24: key `tokenizer_repo` does not apply to backend `openai`"
+);
+bad_models!(
     candle_key_on_openai,
     "[models.m]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\narch = \"smolvlm\"\n",
     "models.toml:5: key `arch` does not apply to backend `openai`"
@@ -349,7 +357,7 @@ bad_models!(
     several_errors_of_several_models_at_once,
     "[models.a]\nbackend = \"openai\"\nmodel = \"x\"\n\n[models.b]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"a/b\"\nconcurrency = 2\n",
     "models.toml:1: model `a`: backend `openai` needs `base_url`",
-    "models.toml:9: key `concurrency` does not apply to backend `candle` (its keys: arch, repo, revision, path, dtype, device)"
+    "models.toml:9: key `concurrency` does not apply to backend `candle` (its keys: arch, repo, revision, path, dtype, device, tokenizer, tokenizer_repo)"
 );
 
 #[test]

@@ -24,16 +24,25 @@ fn tiny() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smolvlm")
 }
 
+type Files = Vec<(String, Vec<u8>)>;
+/// Status, headers, body.
+type HubReply = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// Serves `files` of REPO the way the Hub does for hf-hub: the repo listing, and each file's
 /// `resolve` URL with ETag, X-Repo-Commit and byte ranges. Records the paths asked for.
-fn fake_hub(files: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Vec<String>>>) {
+fn fake_hub(files: Files) -> (String, Arc<Mutex<Vec<String>>>) {
+    fake_hub_of(vec![(REPO.to_string(), files)])
+}
+
+/// [`fake_hub`] serving several repos.
+fn fake_hub_of(repos: Vec<(String, Files)>) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let files = files.clone();
+            let repos = repos.clone();
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -48,7 +57,10 @@ fn fake_hub(files: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Vec<String>>>) 
                     log.lock()
                         .unwrap()
                         .push(format!("{} auth={auth}", req.path));
-                    let (status, headers, body) = answer(&files, &req);
+                    let (status, headers, body) = repos
+                        .iter()
+                        .find_map(|(repo, files)| answer(repo, files, &req))
+                        .unwrap_or((404, vec![], b"not found".to_vec()));
                     let mut head =
                         format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());
                     for (k, v) in headers {
@@ -67,10 +79,8 @@ fn fake_hub(files: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Vec<String>>>) 
     (base, seen)
 }
 
-fn answer(
-    files: &[(String, Vec<u8>)],
-    req: &http::RawRequest,
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
+/// The answer of `repo`'s endpoints, `None` when the request is for another repo.
+fn answer(repo: &str, files: &[(String, Vec<u8>)], req: &http::RawRequest) -> Option<HubReply> {
     let json = |v: serde_json::Value| {
         (
             200,
@@ -78,7 +88,7 @@ fn answer(
             v.to_string().into_bytes(),
         )
     };
-    if req.path == format!("/api/models/{REPO}/revision/main") {
+    if req.path == format!("/api/models/{repo}/revision/main") {
         let siblings: Vec<_> = files
             .iter()
             .map(|(n, _)| serde_json::json!({"rfilename": n}))
@@ -87,14 +97,14 @@ fn answer(
                 serde_json::json!({"rfilename": "onnx/model.onnx"}),
             ])
             .collect();
-        return json(serde_json::json!({"id": REPO, "sha": COMMIT, "siblings": siblings}));
+        return Some(json(
+            serde_json::json!({"id": repo, "sha": COMMIT, "siblings": siblings}),
+        ));
     }
-    let prefix = format!("/{REPO}/resolve/main/");
-    let Some(name) = req.path.strip_prefix(&prefix) else {
-        return (404, vec![], b"not found".to_vec());
-    };
+    let prefix = format!("/{repo}/resolve/main/");
+    let name = req.path.strip_prefix(&prefix)?;
     let Some((_, data)) = files.iter().find(|(n, _)| n == name) else {
-        return (404, vec![], b"not found".to_vec());
+        return Some((404, vec![], b"not found".to_vec()));
     };
     let range = req
         .headers
@@ -117,11 +127,15 @@ fn answer(
             format!("bytes {start}-{}/{}", end.saturating_sub(1), data.len()),
         ),
     ];
-    (206, headers, data[start..end].to_vec())
+    Some((206, headers, data[start..end].to_vec()))
 }
 
-fn fixture_files() -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(tiny())
+fn fixture_files() -> Files {
+    files_of(&tiny())
+}
+
+fn files_of(dir: &Path) -> Files {
+    let mut files: Files = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap())
         .map(|e| {
@@ -267,4 +281,82 @@ fn fetch_explains_what_it_cannot_do() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn fetch_brings_the_tokenizer_repo_a_model_names() {
+    // A Moondream2 (2025 layout) repo as the Hub has it: config, weights and a stale GPT-2
+    // tokenizer.json; its real tokenizer in a repo of its own.
+    let md = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/moondream2-2025");
+    let mut model = files_of(&md.join("model"));
+    model.push((
+        "tokenizer.json".into(),
+        std::fs::read(tiny().join("tokenizer.json")).unwrap(),
+    ));
+    let (endpoint, _) = fake_hub_of(vec![
+        ("tiny-org/moondream-tiny".into(), model),
+        (
+            "tiny-org/starmie-tiny".into(),
+            files_of(&md.join("tokenizer")),
+        ),
+    ]);
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(md.join("golden.json")).unwrap()).unwrap();
+    let case = &golden["cases"][0];
+    let p = Project::new();
+    std::fs::copy(
+        md.join("images/chelsea.png"),
+        p.path("suites/images/chelsea.png"),
+    )
+    .unwrap();
+    p.suite(
+        "s",
+        &format!(
+            "name: s\ndefaults: {{ snapshot: false }}\ncases:\n  - id: cat\n    image: images/chelsea.png\n    question: {}\n    expect: {{ regex: \"(?s).\" }}\n",
+            case["question"]
+        ),
+    );
+    p.write(
+        "models.toml",
+        "[models.md]\nbackend = \"candle\"\narch = \"moondream2\"\nrepo = \"tiny-org/moondream-tiny\"\ntokenizer_repo = \"tiny-org/starmie-tiny\"\nmax_new_tokens = 12\n",
+    );
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let offline = [("HF_HOME", h), ("HF_HUB_OFFLINE", "1")];
+
+    let (code, stdout, stderr) = fetch(&p, &["md"], &[("HF_HOME", h), ("HF_ENDPOINT", &endpoint)]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let tok = home
+        .path()
+        .join("hub/models--tiny-org--starmie-tiny/snapshots")
+        .join(COMMIT);
+    assert!(
+        stdout.contains(&format!("md tokenizer: {}", tok.display())),
+        "{stdout}"
+    );
+    same_files(&md.join("tokenizer"), &tok);
+
+    let run = p.run(&[], &offline);
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert_eq!(run.outcome("md::s::cat"), "ok");
+    let answer = p.report()["cases"][0]["answer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(answer, case["decoded_text"].as_str().unwrap().trim());
+
+    // Without the tokenizer in the cache the model is unavailable, and the reason says how to
+    // fetch it.
+    std::fs::remove_dir_all(home.path().join("hub/models--tiny-org--starmie-tiny")).unwrap();
+    let run = p.run(&[], &offline);
+    assert_eq!(run.outcome("md::s::cat"), "ignored", "{}", run.all());
+    let reason = p.report()["cases"][0]["ignored"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("tiny-org/starmie-tiny@main is not in the Hugging Face cache")
+            && reason.contains("vlmtest fetch md"),
+        "{reason}"
+    );
 }

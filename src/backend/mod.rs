@@ -416,6 +416,7 @@ mod tests {
             backend: BackendSpec::Candle(CandleSpec {
                 arch: Arch::Smolvlm,
                 source: ModelSource::Path("unused".into()),
+                tokenizer: None,
                 dtype: DType::F32,
                 device: DeviceKind::Cpu,
             }),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub use models::{
     BackendSpec, CandleSpec, GenParams, GgufSource, LlamaServerSpec, ModelSource, ModelSpec,
-    ModelsConfig, OpenAiSpec,
+    ModelsConfig, OpenAiSpec, TokenizerSource,
 };
 pub use suite::{Case, Gate, Suite, Thresholds, Turn};
 

@@ -69,11 +69,23 @@ pub enum ModelSource {
     Path(PathBuf),
 }
 
+/// Where an in-process model's tokenizer comes from when it is not the model repo's own
+/// `tokenizer.json` (`tokenizer` / `tokenizer_repo`; Moondream2's 2025 layout needs it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenizerSource {
+    /// A `tokenizer.json`, or a folder holding one, resolved against models.toml's directory.
+    Path(PathBuf),
+    /// A Hugging Face repo at `main`, read from the cache (`vlmtest fetch` downloads it).
+    Hub { repo: String, revision: String },
+}
+
 /// A model run in-process on candle.
 #[derive(Debug, Clone)]
 pub struct CandleSpec {
     pub arch: Arch,
     pub source: ModelSource,
+    /// `None`: the model repo's own `tokenizer.json`.
+    pub tokenizer: Option<TokenizerSource>,
     pub dtype: DType,
     pub device: DeviceKind,
 }
@@ -187,6 +199,8 @@ raw_model!(RawCandle {
     path: Option<Spanned<String>>,
     dtype: Option<Spanned<String>>,
     device: Option<Spanned<String>>,
+    tokenizer: Option<Spanned<String>>,
+    tokenizer_repo: Option<Spanned<String>>,
 });
 
 raw_model!(RawOpenai {
@@ -795,11 +809,76 @@ fn candle_spec(
             None
         }
     };
+    let tokenizer = match arch {
+        Some(arch) => candle_tokenizer(m, arch, base, line, errors, path),
+        None => None,
+    };
     Some(BackendSpec::Candle(CandleSpec {
         arch: arch?,
         source: source?,
+        tokenizer: tokenizer?,
         dtype: dtype?,
         device: device?,
+    }))
+}
+
+/// `tokenizer` / `tokenizer_repo` of a candle model (`Some(None)`: the repo's own tokenizer;
+/// `None`: an error was pushed).
+fn candle_tokenizer(
+    m: &RawCandle,
+    arch: Arch,
+    base: &Path,
+    line: &dyn Fn(&Span) -> Option<usize>,
+    errors: &mut ConfigErrors,
+    path: &Path,
+) -> Option<Option<TokenizerSource>> {
+    let mut err = |at: &Spanned<String>, msg: String| {
+        errors.push(ConfigError::new(path, line(&at.span()), msg));
+        None
+    };
+    let (key, at) = match (&m.tokenizer, &m.tokenizer_repo) {
+        (None, None) => return Some(None),
+        (Some(_), Some(r)) => {
+            return err(r, "give either `tokenizer` (a local tokenizer.json or its folder) or `tokenizer_repo` (a Hugging Face repo), not both".into());
+        }
+        (Some(t), None) => ("tokenizer", t),
+        (None, Some(r)) => ("tokenizer_repo", r),
+    };
+    if arch != Arch::Moondream2 {
+        return err(
+            at,
+            format!(
+                "`{key}` applies to arch `moondream2` only (arch `{arch}` reads the tokenizer.json of its own repo)"
+            ),
+        );
+    }
+    if let Some(p) = &m.tokenizer {
+        if p.get_ref().trim().is_empty() {
+            return err(
+                p,
+                "`tokenizer` is empty (expected a tokenizer.json file or a folder holding one)"
+                    .into(),
+            );
+        }
+        return Some(Some(TokenizerSource::Path(base.join(p.get_ref()))));
+    }
+    let r = at.get_ref();
+    let parts: Vec<&str> = r.split('/').collect();
+    if parts.len() != 2
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+    {
+        return err(
+            at,
+            format!(
+                "`tokenizer_repo` must name a Hugging Face repo such as \"moondream/starmie-v1\", got `{r}`"
+            ),
+        );
+    }
+    Some(Some(TokenizerSource::Hub {
+        repo: r.clone(),
+        revision: "main".into(),
     }))
 }
 

@@ -52,6 +52,38 @@ pub fn cached_snapshot(repo: &str, revision: &str) -> Result<PathBuf, Missing> {
 }
 
 pub fn snapshot_in(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, Missing> {
+    let snap = snapshot_folder(cache, repo, revision)?;
+    let shown = format!("{repo}@{revision}");
+    for f in REQUIRED {
+        if !snap.join(f).is_file() {
+            return Err(Missing::NotCached(format!(
+                "{shown}: {f} is not in the cached snapshot {}",
+                snap.display()
+            )));
+        }
+    }
+    super::weight_files(&snap).map_err(|e| Missing::NotCached(format!("{shown}: {e}")))?;
+    Ok(snap)
+}
+
+/// The `tokenizer.json` of a tokenizer-only repo (e.g. `moondream/starmie-v1`) in the cache.
+pub fn cached_tokenizer(repo: &str, revision: &str) -> Result<PathBuf, Missing> {
+    tokenizer_in(&cache_dir(), repo, revision)
+}
+
+pub fn tokenizer_in(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, Missing> {
+    let file = snapshot_folder(cache, repo, revision)?.join("tokenizer.json");
+    if !file.is_file() {
+        return Err(Missing::NotCached(format!(
+            "{repo}@{revision}: tokenizer.json is not in the cache ({})",
+            file.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// The snapshot folder `revision` (a branch, tag or commit) of `repo` points at, if present.
+fn snapshot_folder(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, Missing> {
     let folder = repo_folder(cache, repo);
     let shown = format!("{repo}@{revision}");
     if !folder.is_dir() {
@@ -81,15 +113,6 @@ pub fn snapshot_in(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, 
             snap.display()
         )));
     }
-    for f in REQUIRED {
-        if !snap.join(f).is_file() {
-            return Err(Missing::NotCached(format!(
-                "{shown}: {f} is not in the cached snapshot {}",
-                snap.display()
-            )));
-        }
-    }
-    super::weight_files(&snap).map_err(|e| Missing::NotCached(format!("{shown}: {e}")))?;
     Ok(snap)
 }
 
@@ -249,6 +272,26 @@ mod tests {
         }
         std::fs::write(snap.join("model-00002-of-00002.safetensors"), "").unwrap();
         assert!(snapshot_in(t.path(), "org/m", "main").is_ok());
+    }
+
+    #[test]
+    fn a_tokenizer_repo_needs_only_its_tokenizer() {
+        let t = tempfile::tempdir().unwrap();
+        let commit = "0123456789abcdef0123456789abcdef01234568";
+        let snap = make(t.path(), "org/tok", "main", commit, &["tokenizer.json"]);
+        assert_eq!(
+            tokenizer_in(t.path(), "org/tok", "main").unwrap(),
+            snap.join("tokenizer.json")
+        );
+        match tokenizer_in(t.path(), "org/none", "main") {
+            Err(Missing::NotCached(m)) => assert!(m.contains("not in the Hugging Face cache")),
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_file(snap.join("tokenizer.json")).unwrap();
+        match tokenizer_in(t.path(), "org/tok", "main") {
+            Err(Missing::NotCached(m)) => assert!(m.contains("tokenizer.json is not in"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod hub;
 pub mod llama;
 pub mod llava_next;
 pub mod moondream;
+pub mod moondream2025;
 pub mod paligemma;
 pub mod siglip;
 pub mod smolvlm;
@@ -20,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 
 use super::{Backend, BackendError, Generation, LoadError, Request};
-use crate::config::{CandleSpec, ModelSource};
+use crate::config::{CandleSpec, ModelSource, TokenizerSource};
 use crate::kinds::{Arch, DeviceKind};
 
 /// What an architecture's prefill returns: the prompt's length and the logits after it.
@@ -366,10 +367,11 @@ impl Candle {
                 llava_next::LlavaNext::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
-            Arch::Moondream2 => Box::new(
-                moondream::Moondream::load(&dir, dtype, &device)
-                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
-            ),
+            Arch::Moondream2 => {
+                let tokenizer = tokenizer_file(name, spec)?;
+                moondream2025::load(&dir, tokenizer.as_deref(), dtype, &device)
+                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?
+            }
             Arch::Paligemma => Box::new(
                 paligemma::PaliGemma::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
@@ -378,6 +380,31 @@ impl Candle {
         Ok(Self {
             model: Mutex::new(model),
         })
+    }
+}
+
+/// The `tokenizer.json` a spec names instead of the repo's own (`tokenizer` / `tokenizer_repo`).
+fn tokenizer_file(name: &str, spec: &CandleSpec) -> Result<Option<PathBuf>, LoadError> {
+    match &spec.tokenizer {
+        None => Ok(None),
+        Some(TokenizerSource::Path(p)) => {
+            let file = if p.is_dir() { p.join("tokenizer.json") } else { p.clone() };
+            if !file.is_file() {
+                return Err(LoadError::Failed(format!(
+                    "model `{name}`: tokenizer {} is not there (expected a tokenizer.json or a folder holding one)",
+                    file.display()
+                )));
+            }
+            Ok(Some(file))
+        }
+        Some(TokenizerSource::Hub { repo, revision }) => hub::cached_tokenizer(repo, revision)
+            .map(Some)
+            .map_err(|e| match e {
+                hub::Missing::NotCached(why) => LoadError::Unavailable(format!(
+                    "the tokenizer {why}; fetch it with `vlmtest fetch {name}` (or set VLMTEST_REQUIRE_MODELS=1 to make this a failure)"
+                )),
+                hub::Missing::Broken(why) => LoadError::Failed(why),
+            }),
     }
 }
 

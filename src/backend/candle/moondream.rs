@@ -1,5 +1,7 @@
 //! Moondream2 (vikhyatk/moondream2, the early-2024 revisions such as `2024-03-06`: a SigLIP
 //! vision encoder with a projection, and a Phi-1.5 decoder), on candle-transformers' `moondream`.
+//! (`arch = "moondream2"` covers both layouts: [`super::moondream2025::load`] picks this file for
+//! weights without the 2025 layout's tensors.)
 //!
 //! Moondream's code lives in its Hub repo (not in transformers), so there is no offline reference
 //! to compare against; the tests check loading, preprocessing and generation on a tiny
@@ -71,6 +73,17 @@ pub fn prompt(request: &Request) -> String {
 
 impl Moondream {
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, String> {
+        Self::load_with_tokenizer(dir, None, dtype, device)
+    }
+
+    /// As [`Moondream::load`], with `tokenizer` (a `tokenizer.json`) instead of the folder's own
+    /// when given.
+    pub fn load_with_tokenizer(
+        dir: &Path,
+        tokenizer: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, String> {
         let raw: serde_json::Value = read_json(dir, "config.json")?;
         let dims_given = raw
             .get("phi_config")
@@ -83,7 +96,11 @@ impl Moondream {
         } else {
             moondream::Config::v2()
         };
-        let tokenizer = load_tokenizer(dir)?;
+        let tokenizer = match tokenizer {
+            Some(file) => tokenizers::Tokenizer::from_file(file)
+                .map_err(|e| format!("cannot load {}: {e}", file.display()))?,
+            None => load_tokenizer(dir)?,
+        };
         let bos = tokenizer
             .token_to_id("<|endoftext|>")
             .ok_or("tokenizer.json has no <|endoftext|> (moondream2's BOS and EOS)")?;

@@ -78,7 +78,8 @@ impl CustomOp1 for ParallelGeluTanh {
     }
 }
 
-fn activate(x: &Tensor, act: Act) -> Result<Tensor> {
+/// The activation, with the parallel tanh GELU on CPU f32 (also used by Moondream's encoders).
+pub fn activate(x: &Tensor, act: Act) -> Result<Tensor> {
     match act {
         Act::Gelu => x.gelu_erf(),
         Act::GeluTanh if x.device().is_cpu() && x.dtype() == DType::F32 => {
