@@ -707,8 +707,9 @@ fn the_files_decide_the_layout() {
         &Device::Cpu,
     );
     assert!(m.is_ok(), "the 2025 layout loads");
-    // Weights without the 2025 tensors go to the 2024 path, which refuses what it cannot read as
-    // it always has.
+    // Weights without the 2025 tensors go to the 2024 path (the 2024-03-06 port), which refuses
+    // what it cannot read: here the tokenizer files lack the BOS token that revision's prompt
+    // starts with.
     let t = tempfile::tempdir().unwrap();
     std::fs::write(
         t.path().join("config.json"),
@@ -735,7 +736,10 @@ fn the_files_decide_the_layout() {
         Ok(_) => panic!("must not load"),
         Err(e) => e,
     };
-    assert!(e.contains("do not match moondream2's layout"), "{e}");
+    assert!(
+        e.contains("no bos_token in tokenizer_config.json"),
+        "the 2024 path refused it: {e}"
+    );
 }
 
 #[test]

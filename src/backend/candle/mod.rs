@@ -7,6 +7,7 @@ pub mod hub;
 pub mod llama;
 pub mod llava_next;
 pub mod moondream;
+pub mod moondream2024;
 pub mod moondream2025;
 pub mod paligemma;
 pub mod siglip;
@@ -41,6 +42,15 @@ pub trait Vlm: Send {
     /// Tokens that end an answer: those transformers' `generate()` stops on ([`eos`]).
     fn eos(&self) -> &[u32];
     fn tokenizer(&self) -> &tokenizers::Tokenizer;
+    /// The answer's text from its tokens and the end token that stopped it, if one did. By
+    /// default the tokens are decoded skipping special tokens and the end token is left out;
+    /// an architecture whose reference post-processes its answers differently overrides this.
+    fn answer_text(&self, tokens: &[u32], stop: Option<u32>) -> Result<String, String> {
+        let _ = stop;
+        self.tokenizer()
+            .decode(tokens, true)
+            .map_err(|e| format!("cannot decode the answer's tokens: {e}"))
+    }
 }
 
 /// Refuses sizes read from a model's config that the code cannot work with (a 0 would divide by
@@ -412,6 +422,8 @@ fn tokenizer_file(name: &str, spec: &CandleSpec) -> Result<Option<PathBuf>, Load
 pub struct Answer {
     pub prompt_tokens: usize,
     pub tokens: Vec<u32>,
+    /// The end token that stopped the answer (not in `tokens`); `None` at `max_new_tokens`.
+    pub stop: Option<u32>,
     pub time_to_first_token: Duration,
     pub total: Duration,
 }
@@ -432,6 +444,7 @@ pub fn run(model: &mut dyn Vlm, request: &Request) -> Result<Answer, String> {
     let prefill = model.prefill(request)?;
     let mut logits = prefill.logits;
     let mut tokens = Vec::new();
+    let mut stop = None;
     let mut first = None;
     let eos = model.eos().to_vec();
     while tokens.len() < params.max_new_tokens as usize {
@@ -440,6 +453,7 @@ pub fn run(model: &mut dyn Vlm, request: &Request) -> Result<Answer, String> {
             .map_err(|e| format!("sampling failed: {e}"))?;
         first.get_or_insert_with(|| start.elapsed());
         if eos.contains(&next) {
+            stop = Some(next);
             break;
         }
         tokens.push(next);
@@ -453,6 +467,7 @@ pub fn run(model: &mut dyn Vlm, request: &Request) -> Result<Answer, String> {
     Ok(Answer {
         prompt_tokens: prefill.prompt_tokens,
         tokens,
+        stop,
         time_to_first_token: first.unwrap_or_else(|| start.elapsed()),
         total: start.elapsed(),
     })
@@ -463,9 +478,8 @@ impl Backend for Candle {
         let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
         let answer = run(model.as_mut(), request).map_err(BackendError)?;
         let text = model
-            .tokenizer()
-            .decode(&answer.tokens, true)
-            .map_err(|e| BackendError(format!("cannot decode the answer's tokens: {e}")))?;
+            .answer_text(&answer.tokens, answer.stop)
+            .map_err(BackendError)?;
         Ok(Generation {
             text: text.trim().to_string(),
             latency: answer.total,

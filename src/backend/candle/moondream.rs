@@ -1,74 +1,159 @@
-//! Moondream2 (vikhyatk/moondream2, the early-2024 revisions such as `2024-03-06`: a SigLIP
-//! vision encoder with a projection, and a Phi-1.5 decoder), on candle-transformers' `moondream`.
+//! Moondream2 (vikhyatk/moondream2) at revision `2024-03-06`: preprocessing, prompt, stop tokens
+//! and answer clean-up of the repo's remote code, over the model of [`super::moondream2024`].
 //! (`arch = "moondream2"` covers both layouts: [`super::moondream2025::load`] picks this file for
 //! weights without the 2025 layout's tensors.)
 //!
-//! Moondream's code lives in its Hub repo (not in transformers), so there is no offline reference
-//! to compare against; the tests check loading, preprocessing and generation on a tiny
-//! candle-made checkpoint, and determinism.
-//!
-//! - The image is resized to 378×378 with bicubic filtering (Pillow-exact) and normalised with
-//!   mean and std 0.5, as the repo's `Resize((378, 378), BICUBIC)` + `Normalize(0.5, 0.5)` does.
-//! - The prompt is the repo's `answer_question`: `<|endoftext|>` (as BOS), the image embeddings,
-//!   then `\n\n` + earlier turns as `Question: Q\n\nAnswer: A\n\n` + `Question: Q\n\nAnswer:`.
-//! - Moondream cannot answer without an image (`text_only` defaults to false).
-//! - config.json of the real repo does not carry the dimensions; they are candle's
-//!   `moondream::Config::v2()`. A config.json whose `phi_config` and `vision_config` carry every
-//!   dimension (as the test checkpoint's does) is used as written.
+//! Reference: `moondream.py` and `vision_encoder.py` of the repo at that revision, i.e.
+//! `moondream/` of github.com/vikhyat/moondream at commit 53fbcbf (how that was established:
+//! tests/fixtures/README.md), with the libraries of its requirements (torchvision 0.16, Pillow
+//! 10, transformers 4.38). Its behaviour, quirks included:
+//! - **Preprocessing**: `Resize((378, 378), BICUBIC)` of torchvision.transforms.v2 on a PIL image,
+//!   which is Pillow's own bicubic resize (no aspect ratio kept, no crop; an image already
+//!   378×378 is not resampled); `ToDtype(float32, scale=True)` multiplies each byte by the f32
+//!   nearest to 1/255 (torchvision's `mul_(1 / 255)`: not a division, so a few values differ
+//!   from `v / 255` in the last bit); `Normalize(0.5, 0.5)`: `(x - 0.5) / 0.5` in f32.
+//! - **Prompt**: `answer_question` builds `"<image>\n\n{history}Question: {q}\n\nAnswer: "`
+//!   (history: `"Question: {q}\n\nAnswer: {a}\n\n"` per earlier turn, as the repo's `sample.py`
+//!   keeps it), **with a trailing space** (removed on 2024-03-13), and `input_embeds` splits it at
+//!   `<image>`: BOS (`tokenizer.bos_token_id`, `<|endoftext|>`), the tokens of the text before it
+//!   **plus the literal text `<image>`**, the 729 image embeddings, then the tokens of
+//!   **`</image>`** plus the rest (the tags were dropped on 2024-03-13). `<image>` and `</image>`
+//!   are plain text to the tokenizer (`<`, `image`, `>`). The text is tokenized without special
+//!   tokens.
+//! - **Stopping**: `generate` passes `eos_token_id = tokenizer("<END>").ids`. `<END>` is not a
+//!   token, so these are the ids of its pieces (`<`, `END`, `>` in the real vocabulary), and
+//!   generation stops at the first of **any** of them; `<|endoftext|>` does not stop it (the repo
+//!   switched to it on 2024-04-02).
+//! - **Answer**: the generated ids **including the stop token** are decoded skipping special
+//!   tokens, with transformers' `clean_up_tokenization` (the tokenizer config's
+//!   `clean_up_tokenization_spaces` is true: `" ."` → `"."`, `" 's"` → `"'s"`, …), then
+//!   `re.sub("<$|<END$", "", answer).strip()`: a final `<` or `<END` is removed, so an answer
+//!   stopped by `END` or `>` keeps that text. Python's `$` also matches before a final newline
+//!   and `str.strip` also strips U+001C..U+001F; both are reproduced.
+//! - Moondream cannot answer without an image (`text_only` defaults to false); with several
+//!   images, the first is used.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::moondream;
 use image::RgbImage;
 
+use super::moondream2024::{self as arch, Model};
 use super::{Prefill, Vlm, decode_image, load_tokenizer, read_json, resize_rgb};
 use crate::backend::{Request, Role};
 use crate::resample::Filter;
 
 /// The side of the square the vision encoder takes.
-pub const SIDE: usize = 378;
+pub const SIDE: usize = arch::SIDE;
+
+/// What `<END>` is made of in the tokenizer: the tokens that stop an answer.
+const END_TEXT: &str = "<END>";
 
 pub struct Moondream {
-    model: moondream::Model,
+    model: Model,
     tokenizer: tokenizers::Tokenizer,
     bos: u32,
     eos: Vec<u32>,
+    clean_up_spaces: bool,
     device: Device,
     dtype: DType,
 }
 
-/// The image as the vision encoder takes it: `[3, 378, 378]`, normalised. The scaling divides
-/// by 255 in f32, as the repo's torchvision `ToDtype(float32, scale=True)` does, not in f64 as
-/// transformers' image processors (and [`super::push_chw`]) do.
+/// The image as the vision encoder takes it: `[3, 378, 378]`, normalised (see the module docs).
 pub fn pixels(img: &RgbImage) -> Vec<f32> {
     let img = resize_rgb(img, SIDE, SIDE, Filter::Bicubic);
+    let scale = (1.0f64 / 255.0) as f32;
     let mut out = vec![0f32; 3 * SIDE * SIDE];
     for (i, p) in img.pixels().enumerate() {
         for ch in 0..3 {
-            out[ch * SIDE * SIDE + i] = (p.0[ch] as f32 / 255.0 - 0.5) / 0.5;
+            out[ch * SIDE * SIDE + i] = (p.0[ch] as f32 * scale - 0.5) / 0.5;
         }
     }
     out
 }
 
-/// The text after the image: earlier turns, then the question.
+/// The prompt `answer_question` builds: earlier turns as history, then the question.
 pub fn prompt(request: &Request) -> String {
-    let mut s = String::from("\n\n");
+    let mut history = String::new();
     let mut pending: Option<&str> = None;
     for m in &request.messages {
         match m.role {
             Role::User => pending = Some(&m.text),
             Role::Assistant => {
                 if let Some(q) = pending.take() {
-                    s.push_str(&format!("Question: {q}\n\nAnswer: {}\n\n", m.text.trim()));
+                    history.push_str(&format!("Question: {q}\n\nAnswer: {}\n\n", m.text.trim()));
                 }
             }
             Role::System => {}
         }
     }
-    s.push_str(&format!("Question: {}\n\nAnswer:", pending.unwrap_or("")));
-    s
+    format!(
+        "<image>\n\n{history}Question: {}\n\nAnswer: ",
+        pending.unwrap_or("")
+    )
+}
+
+/// The prompt's token ids around the image: BOS, then the ids of the text up to and including
+/// `<image>`, then (after the image embeddings) those of `</image>` and the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptIds {
+    pub bos: u32,
+    pub before_image: Vec<u32>,
+    pub after_image: Vec<u32>,
+}
+
+/// Python's `str.isspace`: Unicode whitespace and the four information separators U+001C..F.
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// transformers' `clean_up_tokenization` (spaces before punctuation and English contractions).
+pub fn clean_up_tokenization(s: &str) -> String {
+    s.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+}
+
+/// `re.sub("<$|<END$", "", s).strip()`: `$` matches at the end and before a final `\n`; the two
+/// alternatives cannot both match, so at most one piece is removed.
+pub fn strip_end_marker(s: &str) -> String {
+    let (body, tail) = match s.strip_suffix('\n') {
+        Some(b) if b.ends_with('<') || b.ends_with("<END") => (b, "\n"),
+        _ => (s, ""),
+    };
+    let body = body
+        .strip_suffix('<')
+        .or_else(|| body.strip_suffix("<END"))
+        .unwrap_or(body);
+    format!("{body}{tail}").trim_matches(py_space).to_string()
+}
+
+/// Reads a special token's text (`"<|endoftext|>"` or `{"content": ...}`) from the tokenizer
+/// config files.
+fn special_token(dir: &Path, key: &str) -> Result<Option<String>, String> {
+    for file in ["tokenizer_config.json", "special_tokens_map.json"] {
+        if !dir.join(file).is_file() {
+            continue;
+        }
+        let v: serde_json::Value = read_json(dir, file)?;
+        match v.get(key) {
+            Some(serde_json::Value::String(s)) => return Ok(Some(s.clone())),
+            Some(t) => {
+                if let Some(s) = t.get("content").and_then(|c| c.as_str()) {
+                    return Ok(Some(s.to_string()));
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(None)
 }
 
 impl Moondream {
@@ -76,61 +161,92 @@ impl Moondream {
         Self::load_with_tokenizer(dir, None, dtype, device)
     }
 
-    /// As [`Moondream::load`], with `tokenizer` (a `tokenizer.json`) instead of the folder's own
-    /// when given.
+    /// As [`Moondream::load`], with `tokenizer` (a `tokenizer.json`, models.toml's `tokenizer` or
+    /// `tokenizer_repo`) instead of the folder's own when given.
     pub fn load_with_tokenizer(
         dir: &Path,
         tokenizer: Option<&Path>,
         dtype: DType,
         device: &Device,
     ) -> Result<Self, String> {
-        let raw: serde_json::Value = read_json(dir, "config.json")?;
-        let dims_given = raw
-            .get("phi_config")
-            .and_then(|p| p.get("n_embd"))
-            .is_some();
-        let cfg = if dims_given {
-            serde_json::from_value::<moondream::Config>(raw).map_err(|e| {
-                format!("config.json: phi_config/vision_config: {e} (expected every dimension, or none for moondream2's own)")
-            })?
-        } else {
-            moondream::Config::v2()
-        };
         let tokenizer = match tokenizer {
             Some(file) => tokenizers::Tokenizer::from_file(file)
                 .map_err(|e| format!("cannot load {}: {e}", file.display()))?,
             None => load_tokenizer(dir)?,
         };
-        let bos = tokenizer
-            .token_to_id("<|endoftext|>")
-            .ok_or("tokenizer.json has no <|endoftext|> (moondream2's BOS and EOS)")?;
-        let mut eos = vec![bos];
-        if let Some(end) = tokenizer.token_to_id("<END>") {
-            eos.push(end);
-        }
-        let vb = super::var_builder(dir, dtype, device)?;
-        let model = moondream::Model::new(&cfg, vb).map_err(|e| {
+        let bos_text = special_token(dir, "bos_token")?.ok_or_else(|| {
             format!(
-                "the weights in {} do not match moondream2's layout: {e}",
+                "{}: no bos_token in tokenizer_config.json or special_tokens_map.json (moondream2 starts its prompt with it)",
                 dir.display()
             )
         })?;
+        let bos = tokenizer.token_to_id(&bos_text).ok_or_else(|| {
+            format!(
+                "{}: bos_token `{bos_text}` is not in tokenizer.json",
+                dir.display()
+            )
+        })?;
+        let eos = tokenizer
+            .encode(END_TEXT, false)
+            .map_err(|e| format!("cannot tokenize {END_TEXT}: {e}"))?
+            .get_ids()
+            .to_vec();
+        if eos.is_empty() {
+            return Err(format!("tokenizer.json turns {END_TEXT} into no tokens"));
+        }
+        let clean_up_spaces = if dir.join("tokenizer_config.json").is_file() {
+            let v: serde_json::Value = read_json(dir, "tokenizer_config.json")?;
+            // transformers' default when the key is absent
+            v.get("clean_up_tokenization_spaces")
+                .and_then(|c| c.as_bool())
+                .unwrap_or(true)
+        } else {
+            true
+        };
+        let model = arch::load(dir, dtype, device)?;
         Ok(Self {
             model,
             tokenizer,
             bos,
             eos,
+            clean_up_spaces,
             device: device.clone(),
             dtype,
         })
     }
 
-    /// Image embeddings, `[1, 729, hidden]`, for all the conversation's images (moondream2 takes
-    /// one; with several, the first).
-    fn encode_image(&self, img: &RgbImage) -> candle_core::Result<Tensor> {
-        let px = Tensor::from_vec(pixels(img), (1, 3, SIDE, SIDE), &self.device)?
-            .to_dtype(self.dtype)?;
-        candle_core::Module::forward(self.model.vision_encoder(), &px)
+    /// The prompt's ids, split around the image as `input_embeds` splits them.
+    pub fn prompt_ids(&self, request: &Request) -> Result<PromptIds, String> {
+        let text = prompt(request);
+        let pieces: Vec<&str> = text.split("<image>").collect();
+        let [before, after] = pieces.as_slice() else {
+            return Err(format!(
+                "the conversation contains the text `<image>` {} times (moondream2 expects it once, where the image goes; remove it from the questions)",
+                pieces.len() - 2
+            ));
+        };
+        let ids = |s: &str| -> Result<Vec<u32>, String> {
+            Ok(self
+                .tokenizer
+                .encode(s, false)
+                .map_err(|e| format!("cannot tokenize the prompt: {e}"))?
+                .get_ids()
+                .to_vec())
+        };
+        Ok(PromptIds {
+            bos: self.bos,
+            before_image: ids(&format!("{before}<image>"))?,
+            after_image: ids(&format!("</image>{after}"))?,
+        })
+    }
+
+    /// The image embeddings, `[1, 729, hidden]`.
+    pub fn image_embeds(&self, img: &RgbImage) -> Result<Tensor, String> {
+        let err = |e: candle_core::Error| format!("the vision encoder failed: {e}");
+        let px = Tensor::from_vec(pixels(img), (1, 3, SIDE, SIDE), &self.device)
+            .and_then(|t| t.to_dtype(self.dtype))
+            .map_err(err)?;
+        self.model.encode_image(&px).map_err(err)
     }
 }
 
@@ -143,41 +259,32 @@ impl Vlm for Moondream {
             .next()
             .ok_or("Moondream2 needs an image (declare the model with text_only = false)")?;
         let img = decode_image(image)?;
+        let ids = self.prompt_ids(request)?;
+        let image = self.image_embeds(&img)?;
         let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
-        let embeds = self.encode_image(&img).map_err(err)?;
-        let text = prompt(request);
-        let ids = self
-            .tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| format!("cannot tokenize the prompt: {e}"))?
-            .get_ids()
-            .to_vec();
-        let n = ids.len();
-        let input = Tensor::new(ids.as_slice(), &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(err)?;
-        let bos = Tensor::new(&[[self.bos]], &self.device).map_err(err)?;
-        let image_tokens = embeds.dim(1).map_err(err)?;
-        let text_model = self.model.text_model();
-        text_model.clear_kv_cache();
-        let logits = text_model
-            .forward_with_img(&bos, &input, &embeds)
-            .and_then(|l| l.flatten_all())
-            .and_then(|l| l.to_dtype(DType::F32))
-            .map_err(err)?;
+        let bos = self.model.embed(&[ids.bos]).map_err(err)?;
+        let before = self.model.embed(&ids.before_image).map_err(err)?;
+        let after = self.model.embed(&ids.after_image).map_err(err)?;
+        let embeds = Tensor::cat(
+            &[
+                &bos,
+                &before,
+                &image.to_dtype(bos.dtype()).map_err(err)?,
+                &after,
+            ],
+            1,
+        )
+        .map_err(err)?;
+        let prompt_tokens = embeds.dim(1).map_err(err)?;
+        let logits = self.model.prefill(&embeds).map_err(err)?;
         Ok(Prefill {
-            prompt_tokens: 1 + image_tokens + n,
+            prompt_tokens,
             logits,
         })
     }
 
     fn step(&mut self, token: u32) -> candle_core::Result<Tensor> {
-        let input = Tensor::new(&[[token]], &self.device)?;
-        self.model
-            .text_model()
-            .forward(&input)?
-            .flatten_all()?
-            .to_dtype(DType::F32)
+        self.model.step(token)
     }
 
     fn eos(&self) -> &[u32] {
@@ -186,5 +293,20 @@ impl Vlm for Moondream {
 
     fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
+    }
+
+    fn answer_text(&self, tokens: &[u32], stop: Option<u32>) -> Result<String, String> {
+        let mut ids = tokens.to_vec();
+        ids.extend(stop);
+        let text = self
+            .tokenizer
+            .decode(&ids, true)
+            .map_err(|e| format!("cannot decode the answer's tokens: {e}"))?;
+        let text = if self.clean_up_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        };
+        Ok(strip_end_marker(&text))
     }
 }
