@@ -56,6 +56,17 @@ enum Command {
         /// Model names from models.toml.
         models: Vec<String>,
     },
+    /// Merge the VLMTEST_OUT folders of shards (cargo nextest --partition, several machines)
+    /// into OUT: every figure and gate recomputed from the case records. Exit status 1 when a
+    /// case or gate failed or trials of the plan are missing ("incomplete"), 2 on bad input
+    /// (a missing folder, shards of different plans, a case two shards disagree on).
+    Merge {
+        /// The folder to write the merged reports to.
+        out: PathBuf,
+        /// The shards' VLMTEST_OUT folders.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
     /// Print the summary of the last run (from VLMTEST_OUT, default target/vlmtest).
     Report {
         /// The output directory of the run.
@@ -176,6 +187,27 @@ fn score(rule: &str, pass_at: f64) -> ExitCode {
     }
 }
 
+/// `vlmtest merge OUT IN...`.
+fn merge(out: &std::path::Path, inputs: &[PathBuf]) -> ExitCode {
+    match crate::report::merge::merge(out, inputs) {
+        Ok(m) => {
+            print!("{}", crate::report::markdown::render(&m.report));
+            if let Some(note) = m.report.missing_note() {
+                eprintln!("vlmtest merge: {note}: {}", m.missing.join(", "));
+            }
+            if m.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `vlmtest report`: rebuilds every output of the last run from its records (cases.jsonl and
 /// the rest, which survive a crash) and prints the summary.
 fn report(out: PathBuf, format: Format) -> ExitCode {
@@ -201,6 +233,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Score { rule, pass_at } => score(&rule, pass_at),
         Command::Report { out, format } => report(out, format),
+        Command::Merge { out, inputs } => merge(&out, &inputs),
         Command::Fetch { models } => fetch(&models),
         Command::Run { args } => {
             let argv = std::iter::once("vlmtest run".to_string()).chain(args);

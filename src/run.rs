@@ -5,12 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::{LoadError, LoadStats, Message, ModelSlot, Request, Role, Semaphore, SlotUse};
-use crate::config::Env;
+use crate::config::{Env, GateMode};
 use crate::plan::{Plan, TrialKind};
 use crate::report::{GateFacts, ImageFacts, ModelFacts, ModelStats, Recorder, RunFacts};
 use crate::score;
 use crate::snapshot::{Meta, SnapshotStatus, Snapshots};
-use crate::verdict::{CaseResult, GateResult, Outcome, SuiteResult, Summary, TurnResult};
+use crate::verdict::{CaseResult, GateThresholds, Outcome, SuiteResult, TurnResult};
 
 /// The outcome of a trial, for the harness to hand to libtest.
 pub enum TrialOutcome {
@@ -146,6 +146,19 @@ impl Run {
             .clone()
     }
 
+    /// The result of case `i` for a gate: under cargo-nextest (one process per trial) a case
+    /// another process of the run already recorded is taken from the records instead of being
+    /// asked again; otherwise as [`Run::case_result`].
+    fn case_result_for_gate(&self, i: usize) -> Arc<CaseResult> {
+        if let Some(r) = self.cells[i].get() {
+            return r.clone();
+        }
+        match self.recorder.recorded_case(&self.plan.cases[i].name) {
+            Some(r) => self.cells[i].get_or_init(|| Arc::new(r)).clone(),
+            None => self.case_result(i),
+        }
+    }
+
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, BTreeSet<usize>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -189,10 +202,14 @@ impl Run {
                     }
                 }
             }
+            TrialKind::Gate(g) if self.env.gates == GateMode::Defer => self.defer_gate(g),
             TrialKind::Gate(g) => {
                 let gate = &self.plan.gates[g];
-                let results: Vec<Arc<CaseResult>> =
-                    gate.cases.iter().map(|&i| self.case_result(i)).collect();
+                let results: Vec<Arc<CaseResult>> = gate
+                    .cases
+                    .iter()
+                    .map(|&i| self.case_result_for_gate(i))
+                    .collect();
                 let sr = self.evaluate_gate(g, &results);
                 self.recorder.record_suite(&sr);
                 if sr.gate.ignored {
@@ -213,51 +230,44 @@ impl Run {
         }
     }
 
-    fn evaluate_gate(&self, g: usize, results: &[Arc<CaseResult>]) -> SuiteResult {
+    /// `VLMTEST_GATES=defer`: figures over the cases this shard ran, no verdict (that is
+    /// `vlmtest merge`'s, over every shard's cases).
+    fn defer_gate(&self, g: usize) -> TrialOutcome {
         let gate = &self.plan.gates[g];
-        let summary = Summary::of(results.iter().map(|r| r.as_ref()));
-        let t = gate.thresholds;
-        let mut failures = Vec::new();
-        if let (Some(min), Some(acc)) = (t.min_accuracy, summary.accuracy)
-            && acc < min
-        {
-            failures.push(format!("accuracy {acc:.3} < min_accuracy {min:.3}"));
-        }
-        if let (Some(min), Some(rate)) = (t.min_pass_rate, summary.pass_rate)
-            && rate < min
-        {
-            failures.push(format!("pass rate {rate:.3} < min_pass_rate {min:.3}"));
-        }
-        let ignored = summary.cases == 0;
-        let failed_cases = results
-            .iter()
-            .filter(|r| r.ran() && !r.passed())
-            .map(|r| {
-                (
-                    r.case.clone(),
-                    r.outcome
-                        .reasons()
-                        .first()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        SuiteResult {
-            model: self.plan.model(gate.model).name.clone(),
-            suite: self.plan.config.suites[gate.suite].name.clone(),
-            accuracy: summary.accuracy,
-            pass_rate: summary.pass_rate,
-            summary,
-            gate: GateResult {
-                passed: !ignored && failures.is_empty(),
-                ignored,
-                min_accuracy: t.min_accuracy,
-                min_pass_rate: t.min_pass_rate,
-                failures,
+        let model = &self.plan.model(gate.model).name;
+        let suite = &self.plan.config.suites[gate.suite].name;
+        let ran = self.recorder.recorded_cases(model, suite);
+        let mut sr = self.evaluate_gate_over(g, ran.iter());
+        sr.gate.deferred = true;
+        sr.gate.passed = false;
+        sr.gate.failures.clear();
+        self.recorder.record_suite(&sr);
+        let acc = sr.accuracy.map_or("-".to_string(), |a| format!("{a:.3}"));
+        TrialOutcome::Ignored(format!(
+            "gate deferred to `vlmtest merge` (VLMTEST_GATES=defer): accuracy {acc} over the {} case(s) this shard ran",
+            sr.summary.cases
+        ))
+    }
+
+    fn evaluate_gate(&self, g: usize, results: &[Arc<CaseResult>]) -> SuiteResult {
+        self.evaluate_gate_over(g, results.iter().map(|r| r.as_ref()))
+    }
+
+    fn evaluate_gate_over<'a>(
+        &self,
+        g: usize,
+        results: impl IntoIterator<Item = &'a CaseResult>,
+    ) -> SuiteResult {
+        let gate = &self.plan.gates[g];
+        crate::verdict::evaluate_gate(
+            &self.plan.model(gate.model).name,
+            &self.plan.config.suites[gate.suite].name,
+            GateThresholds {
+                min_accuracy: gate.thresholds.min_accuracy,
+                min_pass_rate: gate.thresholds.min_pass_rate,
             },
-            failed_cases,
-        }
+            results,
+        )
     }
 
     fn execute(&self, i: usize) -> CaseResult {

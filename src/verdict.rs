@@ -350,6 +350,10 @@ impl Summary {
 pub struct GateResult {
     pub passed: bool,
     pub ignored: bool,
+    /// Evaluated over this shard's cases only, the verdict left to `vlmtest merge`
+    /// (`VLMTEST_GATES=defer`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
     pub min_accuracy: Option<f64>,
     pub min_pass_rate: Option<f64>,
     /// Human-readable reasons the gate failed.
@@ -413,5 +417,66 @@ impl SuiteResult {
             }
         }
         m.trim_end().to_string()
+    }
+}
+
+/// The thresholds a gate checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GateThresholds {
+    pub min_accuracy: Option<f64>,
+    pub min_pass_rate: Option<f64>,
+}
+
+/// The verdict on a model × suite from its cases: the accuracy and pass rate over the cases
+/// that ran, against the thresholds. No case ran: the gate is ignored.
+pub fn evaluate_gate<'a>(
+    model: &str,
+    suite: &str,
+    t: GateThresholds,
+    results: impl IntoIterator<Item = &'a CaseResult>,
+) -> SuiteResult {
+    let results: Vec<&CaseResult> = results.into_iter().collect();
+    let summary = Summary::of(results.iter().copied());
+    let mut failures = Vec::new();
+    if let (Some(min), Some(acc)) = (t.min_accuracy, summary.accuracy)
+        && acc < min
+    {
+        failures.push(format!("accuracy {acc:.3} < min_accuracy {min:.3}"));
+    }
+    if let (Some(min), Some(rate)) = (t.min_pass_rate, summary.pass_rate)
+        && rate < min
+    {
+        failures.push(format!("pass rate {rate:.3} < min_pass_rate {min:.3}"));
+    }
+    let ignored = summary.cases == 0;
+    let failed_cases = results
+        .iter()
+        .filter(|r| r.ran() && !r.passed())
+        .map(|r| {
+            (
+                r.case.clone(),
+                r.outcome
+                    .reasons()
+                    .first()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    SuiteResult {
+        model: model.to_string(),
+        suite: suite.to_string(),
+        accuracy: summary.accuracy,
+        pass_rate: summary.pass_rate,
+        summary,
+        gate: GateResult {
+            passed: !ignored && failures.is_empty(),
+            ignored,
+            deferred: false,
+            min_accuracy: t.min_accuracy,
+            min_pass_rate: t.min_pass_rate,
+            failures,
+        },
+        failed_cases,
     }
 }

@@ -27,6 +27,17 @@ pub enum UpdateMode {
     No,
 }
 
+/// How gate (and regression) trials reach their verdict (`VLMTEST_GATES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GateMode {
+    /// The trial asks every case of its suite it has no result for, then judges.
+    #[default]
+    Eval,
+    /// The trial judges nothing: it records the figures of the cases this shard ran and leaves
+    /// the verdict to `vlmtest merge` (for `cargo nextest run --partition`).
+    Defer,
+}
+
 /// Settings read from the environment (see the README for each variable).
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -42,6 +53,7 @@ pub struct Env {
     pub force_pass: bool,
     /// `VLMTEST_MALLOC` as written (`None`: unset, the harness decides).
     pub malloc: Option<crate::machine::Allocator>,
+    pub gates: GateMode,
 }
 
 fn truthy(v: &str) -> bool {
@@ -97,7 +109,17 @@ impl Env {
                     .map_err(ConfigError::env)?,
             ),
         };
+        let gates = match get("VLMTEST_GATES").as_deref().map(str::trim) {
+            None | Some("") | Some("eval") => GateMode::Eval,
+            Some("defer") => GateMode::Defer,
+            Some(other) => {
+                return Err(ConfigError::env(format!(
+                    "VLMTEST_GATES=`{other}` is not understood (expected one of: eval, defer)"
+                )));
+            }
+        };
         Ok(Env {
+            gates,
             malloc,
             models: path("VLMTEST_MODELS", "models.toml"),
             suites: path("VLMTEST_SUITES", "suites"),

@@ -27,6 +27,14 @@ pub fn render(report: &Report, images: &[ImageFacts]) -> String {
          .ignored{{color:#888}}pre{{white-space:pre-wrap;margin:0}}</style></head><body>\n"
     );
     let _ = writeln!(s, "<h1>vlmtest report</h1>");
+    if let Some(note) = report.missing_note() {
+        let _ = writeln!(
+            s,
+            "<p class=\"failed\"><strong>{}</strong>: {}</p>",
+            escape(&note),
+            escape(&report.missing_trials.join(", "))
+        );
+    }
     let _ = writeln!(
         s,
         "<p>{} — vlmtest {} — {} ({} cores)</p>",

@@ -30,6 +30,7 @@ pub fn render(report: &Report) -> String {
         groups.entry((&c.model, &c.suite)).or_default().push(c);
     }
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let missing = report.missing_trials.len();
     let total = report.cases.len();
     let failures = report
         .cases
@@ -43,7 +44,9 @@ pub fn render(report: &Report) -> String {
         .count();
     let _ = writeln!(
         s,
-        "<testsuites name=\"vlmtest\" tests=\"{total}\" failures=\"{failures}\" errors=\"{errors}\">"
+        "<testsuites name=\"vlmtest\" tests=\"{}\" failures=\"{failures}\" errors=\"{}\">",
+        total + missing,
+        errors + missing
     );
     for ((model, suite), cases) in groups {
         let gate = report
@@ -120,6 +123,22 @@ pub fn render(report: &Report) -> String {
                     escape(&g.message())
                 );
             }
+        }
+        let _ = writeln!(s, "  </testsuite>");
+    }
+    if missing > 0 {
+        let note = report.missing_note().unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  <testsuite name=\"vlmtest::missing\" tests=\"{missing}\" failures=\"0\" errors=\"{missing}\" skipped=\"0\" time=\"0\">"
+        );
+        for t in &report.missing_trials {
+            let _ = writeln!(
+                s,
+                "    <testcase name=\"{}\" classname=\"vlmtest::missing\" time=\"0\">\n      <error message=\"{}\">no shard ran this trial</error>\n    </testcase>",
+                escape(t),
+                escape(&note)
+            );
         }
         let _ = writeln!(s, "  </testsuite>");
     }

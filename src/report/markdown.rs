@@ -143,6 +143,13 @@ pub fn render(report: &Report) -> String {
             format!(" {}", m.arch)
         },
     );
+    if let Some(note) = report.missing_note() {
+        let _ = writeln!(
+            s,
+            "**{note}** (no shard ran: {}).\n",
+            report.missing_trials.join(", ")
+        );
+    }
     let total = report.cases.len();
     let count = |st: Status| report.cases.iter().filter(|c| c.status() == st).count();
     let interrupted = match count(Status::Interrupted) {

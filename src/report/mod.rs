@@ -11,6 +11,7 @@
 pub mod html;
 pub mod junit;
 pub mod markdown;
+pub mod merge;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -162,6 +163,20 @@ pub struct Report {
     pub models: Vec<ModelReport>,
     pub suites: Vec<SuiteResult>,
     pub cases: Vec<CaseResult>,
+    /// Trials of the plan that no shard ran (`vlmtest merge`): the run is incomplete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_trials: Vec<String>,
+}
+
+impl Report {
+    /// "incomplete: N trials missing", when some are.
+    pub fn missing_note(&self) -> Option<String> {
+        match self.missing_trials.len() {
+            0 => None,
+            1 => Some("incomplete: 1 trial missing".into()),
+            n => Some(format!("incomplete: {n} trials missing")),
+        }
+    }
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -206,6 +221,7 @@ impl Report {
                 gate: GateResult {
                     passed: false,
                     ignored: true,
+                    deferred: false,
                     min_accuracy: g.min_accuracy,
                     min_pass_rate: g.min_pass_rate,
                     failures: vec!["gate not run (filtered out)".into()],
@@ -292,6 +308,7 @@ impl Report {
             models,
             suites,
             cases,
+            missing_trials: Vec::new(),
         }
     }
 
@@ -369,6 +386,9 @@ const RUN: &str = "run.json";
 
 struct Inner {
     opened: bool,
+    /// Cases other processes of the run recorded, read incrementally from cases.jsonl.
+    others: std::collections::HashMap<String, CaseResult>,
+    others_offset: u64,
     cases_file: Option<File>,
     gates_file: Option<File>,
     models_file: Option<File>,
@@ -400,6 +420,8 @@ impl Recorder {
             shared,
             inner: Mutex::new(Inner {
                 opened: false,
+                others: std::collections::HashMap::new(),
+                others_offset: 0,
                 cases_file: None,
                 gates_file: None,
                 models_file: None,
@@ -501,6 +523,50 @@ impl Recorder {
         self.open(&mut inner);
         append(&mut inner, |i| &mut i.models_file, MODELS, s);
         inner.stats.push(s.clone());
+    }
+
+    /// The last record of case `name` in this run's cases.jsonl, when another process of the run
+    /// (cargo-nextest) recorded it. Reads only what was appended since the last call.
+    pub fn recorded_case(&self, name: &str) -> Option<CaseResult> {
+        if !self.shared {
+            return None;
+        }
+        let mut inner = self.lock();
+        self.open(&mut inner);
+        let path = self.out.join(CASES);
+        if let Ok(mut f) = File::open(&path) {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut buf = Vec::new();
+            if f.seek(SeekFrom::Start(inner.others_offset)).is_ok()
+                && f.read_to_end(&mut buf).is_ok()
+            {
+                // Only whole lines: a line being appended right now is read next time.
+                let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                for line in buf[..whole].split(|&b| b == b'\n') {
+                    if let Ok(c) = serde_json::from_slice::<CaseResult>(line) {
+                        inner.others.insert(c.name.clone(), c);
+                    }
+                }
+                inner.others_offset += whole as u64;
+            }
+        }
+        inner.others.get(name).cloned()
+    }
+
+    /// The cases of one model × suite this run has recorded so far (every process's, under
+    /// cargo-nextest).
+    pub fn recorded_cases(&self, model: &str, suite: &str) -> Vec<CaseResult> {
+        let _ = self.recorded_case("");
+        let inner = self.lock();
+        let mut all: Vec<CaseResult> = inner
+            .cases
+            .iter()
+            .chain(inner.others.values())
+            .filter(|c| c.model == model && c.suite == suite)
+            .cloned()
+            .collect();
+        dedup_last(&mut all, |c| c.name.clone());
+        all
     }
 
     /// Claims the next rewrite of report.json when one is due (throttled so a long run is not
