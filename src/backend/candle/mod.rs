@@ -7,6 +7,9 @@ pub mod llama;
 pub mod llava_next;
 pub mod moondream;
 pub mod paligemma;
+pub mod phi3;
+pub mod phi3_v;
+pub mod phi3_v_image;
 pub mod siglip;
 pub mod smolvlm;
 pub mod template;
@@ -38,10 +41,15 @@ pub trait Vlm: Send {
     /// Tokens that end an answer.
     fn eos(&self) -> &[u32];
     fn tokenizer(&self) -> &tokenizers::Tokenizer;
+    /// What preprocessing made of the last request's images (image tokens, crop grid, a hash of
+    /// the pixel values), for reports; `None` where an architecture does not say.
+    fn preprocessing(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The architectures `arch` may name.
-pub const ARCHES: &[&str] = &["smolvlm", "moondream2", "llava-next", "paligemma"];
+pub const ARCHES: &[&str] = &["smolvlm", "moondream2", "llava-next", "paligemma", "phi3-v"];
 
 /// Whether an architecture can answer without an image (the default of `text_only`).
 pub fn arch_answers_text_only(arch: &str) -> bool {
@@ -406,6 +414,10 @@ impl Candle {
             ),
             "paligemma" => Box::new(
                 paligemma::PaliGemma::load(&dir, dtype, &device)
+                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
+            ),
+            "phi3-v" => Box::new(
+                phi3_v::Phi3V::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
             other => {
