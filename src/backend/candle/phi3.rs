@@ -105,7 +105,7 @@ impl Phi3Config {
             ));
         }
         if self.num_attention_heads == 0
-            || self.hidden_size % self.num_attention_heads != 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
             || !self
                 .num_attention_heads
                 .is_multiple_of(self.kv_heads().max(1))

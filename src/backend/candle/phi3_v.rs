@@ -162,9 +162,12 @@ struct PreprocessorConfig {
 fn d_crops() -> usize {
     1
 }
+// OpenAI CLIP's mean and std as the reference writes them (rounded to f32 as torch does).
+#[allow(clippy::excessive_precision)]
 fn d_mean() -> Vec<f32> {
     vec![0.481_454_66, 0.457_827_5, 0.408_210_73]
 }
+#[allow(clippy::excessive_precision)]
 fn d_std() -> Vec<f32> {
     vec![0.268_629_54, 0.261_302_58, 0.275_777_11]
 }
@@ -553,7 +556,18 @@ impl Vlm for Phi3V {
         let prompt = self.render(request)?;
         let images = request_images(request)?;
         let enc = self.encode(&prompt, &images)?;
-        self.last = Some(PreprocessSummary::of(&enc.images));
+        let summary = PreprocessSummary::of(&enc.images);
+        for (i, img) in summary.images.iter().enumerate() {
+            tracing::debug!(
+                image = i + 1,
+                tokens = img.tokens,
+                rows = img.grid.0,
+                cols = img.grid.1,
+                pixels = %img.pixel_hash,
+                "phi3-v preprocessing"
+            );
+        }
+        self.last = Some(summary);
         let logits = self.prefill_encoded(&enc)?;
         Ok(Prefill {
             prompt_tokens: enc.ids.len(),
