@@ -69,14 +69,18 @@ pub enum Arch {
     /// PaliGemma.
     #[serde(rename = "paligemma")]
     Paligemma,
+    /// Phi-3 / Phi-3.5-Vision (Microsoft's remote-code layout).
+    #[serde(rename = "phi3-v")]
+    Phi3V,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [
+    pub const ALL: [Arch; 5] = [
         Arch::Smolvlm,
         Arch::Moondream2,
         Arch::LlavaNext,
         Arch::Paligemma,
+        Arch::Phi3V,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +89,7 @@ impl Arch {
             Arch::Moondream2 => "moondream2",
             Arch::LlavaNext => "llava-next",
             Arch::Paligemma => "paligemma",
+            Arch::Phi3V => "phi3-v",
         }
     }
 
@@ -93,7 +98,7 @@ impl Arch {
     /// layout always encodes an image (its 2025 layout can do without: set `text_only = true`).
     pub fn answers_text_only(self) -> bool {
         match self {
-            Arch::Smolvlm | Arch::LlavaNext => true,
+            Arch::Smolvlm | Arch::LlavaNext | Arch::Phi3V => true,
             Arch::Paligemma | Arch::Moondream2 => false,
         }
     }
@@ -183,7 +188,7 @@ mod tests {
         let e = parse::<Arch>("smolvml").unwrap_err();
         assert_eq!(
             e,
-            "unknown variant `smolvml`, expected one of `smolvlm`, `moondream2`, `llava-next`, `paligemma`"
+            "unknown variant `smolvml`, expected one of `smolvlm`, `moondream2`, `llava-next`, `paligemma`, `phi3-v`"
         );
     }
 }

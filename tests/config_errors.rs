@@ -290,7 +290,7 @@ bad_models!(empty_models, "", "models.toml: file is empty");
 bad_models!(
     candle_unknown_arch,
     "[models.m]\nbackend = \"candle\"\narch = \"smolvml\"\nrepo = \"HuggingFaceTB/SmolVLM-256M-Instruct\"\n",
-    "models.toml:3: unknown arch `smolvml`, expected one of `smolvlm`, `moondream2`, `llava-next`, `paligemma`"
+    "models.toml:3: unknown arch `smolvml`, expected one of `smolvlm`, `moondream2`, `llava-next`, `paligemma`, `phi3-v`"
 );
 bad_models!(
     candle_needs_a_source,

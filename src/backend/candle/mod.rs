@@ -10,6 +10,9 @@ pub mod moondream;
 pub mod moondream2024;
 pub mod moondream2025;
 pub mod paligemma;
+pub mod phi3;
+pub mod phi3_v;
+pub mod phi3_v_image;
 pub mod siglip;
 pub mod smolvlm;
 pub mod template;
@@ -50,6 +53,11 @@ pub trait Vlm: Send {
         self.tokenizer()
             .decode(tokens, true)
             .map_err(|e| format!("cannot decode the answer's tokens: {e}"))
+    }
+    /// What preprocessing made of the last request's images (image tokens, crop grid, a hash of
+    /// the pixel values), for reports; `None` where an architecture does not say.
+    fn preprocessing(&self) -> Option<serde_json::Value> {
+        None
     }
 }
 
@@ -384,6 +392,10 @@ impl Candle {
             }
             Arch::Paligemma => Box::new(
                 paligemma::PaliGemma::load(&dir, dtype, &device)
+                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
+            ),
+            Arch::Phi3V => Box::new(
+                phi3_v::Phi3V::load(&dir, dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
         };
