@@ -56,6 +56,27 @@ enum Command {
         /// Model names from models.toml.
         models: Vec<String>,
     },
+    /// Write the last run's results as baselines: one file per model, `{model}.json` in
+    /// VLMTEST_BASELINES (default baselines/ at the crate root), meant to be committed. A model
+    /// with a baseline gets a `{model}::{suite}::regression` trial per suite in later runs.
+    Baseline {
+        /// Only these models (default: every model of the run).
+        models: Vec<String>,
+    },
+    /// Compare two runs case by case: BASE and NEW are each a report.json, a baseline file or a
+    /// baselines folder. Exit status 1 when a model × suite regressed, 2 on bad input.
+    Compare {
+        base: PathBuf,
+        new: PathBuf,
+        #[arg(long, value_enum, default_value_t = CompareFormat::Md)]
+        format: CompareFormat,
+        /// Significance level of McNemar's exact test.
+        #[arg(long, default_value_t = crate::compare::DEFAULT_ALPHA)]
+        alpha: f64,
+        /// Also call a drop in mean score larger than this a regression.
+        #[arg(long)]
+        max_drop: Option<f64>,
+    },
     /// Merge the VLMTEST_OUT folders of shards (cargo nextest --partition, several machines)
     /// into OUT: every figure and gate recomputed from the case records. Exit status 1 when a
     /// case or gate failed or trials of the plan are missing ("incomplete"), 2 on bad input
@@ -66,6 +87,10 @@ enum Command {
         /// The shards' VLMTEST_OUT folders.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        /// Compare with the baselines in this folder (default: the folder the run read them
+        /// from, as run.json records it).
+        #[arg(long)]
+        baselines: Option<PathBuf>,
     },
     /// Print the summary of the last run (from VLMTEST_OUT, default target/vlmtest).
     Report {
@@ -75,6 +100,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Markdown)]
         format: Format,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompareFormat {
+    Md,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,9 +218,213 @@ fn score(rule: &str, pass_at: f64) -> ExitCode {
     }
 }
 
+/// `vlmtest baseline [MODEL...]`.
+fn baseline(models: &[String]) -> ExitCode {
+    let env = match crate::config::Env::from_process() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let records = match crate::report::Records::read(&env.out) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = records.report();
+    if !report.complete {
+        eprintln!(
+            "warning: the run in {} did not finish: its baseline holds the cases that did",
+            env.out.display()
+        );
+    }
+    let mut wrote = 0;
+    for m in &report.models {
+        if !models.is_empty() && !models.contains(&m.name) {
+            continue;
+        }
+        let errored = report
+            .cases
+            .iter()
+            .filter(|c| c.model == m.name && c.status() == crate::verdict::Status::Error)
+            .count();
+        let mut cases: Vec<crate::compare::CaseOutcome> = crate::compare::outcomes_of(
+            report
+                .cases
+                .iter()
+                .filter(|c| c.status() != crate::verdict::Status::Error),
+            &m.name,
+        );
+        cases.sort_by(|a, b| (&a.suite, &a.case).cmp(&(&b.suite, &b.case)));
+        let b = crate::compare::Baseline {
+            model: m.name.clone(),
+            fingerprint: m.fingerprint.clone(),
+            run_started_at: report.started_at.clone(),
+            vlmtest_version: report.vlmtest_version.clone(),
+            cases,
+        };
+        let file = env.baselines.join(format!("{}.json", m.name));
+        let text = serde_json::to_string_pretty(&b).unwrap_or_default() + "\n";
+        if let Err(e) =
+            std::fs::create_dir_all(&env.baselines).and_then(|_| std::fs::write(&file, text))
+        {
+            eprintln!("error: cannot write {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+        println!("{}: {} cases", env.shown(&file).display(), b.cases.len());
+        if errored > 0 {
+            eprintln!(
+                "warning: {}: {errored} cases could not be answered and are left out of the baseline",
+                m.name
+            );
+        }
+        wrote += 1;
+    }
+    if wrote == 0 {
+        eprintln!(
+            "error: no model of the run in {} to write a baseline for",
+            env.out.display()
+        );
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}
+
+/// One side of `vlmtest compare`: per model, its fingerprint and cases.
+type Side = std::collections::BTreeMap<
+    String,
+    (
+        Option<crate::fingerprint::Fingerprint>,
+        Vec<crate::compare::CaseOutcome>,
+    ),
+>;
+
+/// Reads a report.json, a baseline file or a folder of baseline files.
+fn read_side(path: &std::path::Path) -> Result<Side, String> {
+    let mut side = Side::new();
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        for f in files {
+            side.extend(read_side(&f)?);
+        }
+        if side.is_empty() {
+            return Err(format!(
+                "{}: no baseline files (*.json) in this folder",
+                path.display()
+            ));
+        }
+        return Ok(side);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), e.line()))?;
+    if v.get("models").is_some() && v.get("cases").is_some() {
+        let r: crate::report::Report = serde_json::from_value(v)
+            .map_err(|e| format!("{}: not a vlmtest report.json: {e}", path.display()))?;
+        for m in &r.models {
+            side.insert(
+                m.name.clone(),
+                (
+                    m.fingerprint.clone(),
+                    crate::compare::outcomes_of(&r.cases, &m.name),
+                ),
+            );
+        }
+        return Ok(side);
+    }
+    let b: crate::compare::Baseline = serde_json::from_value(v).map_err(|e| {
+        format!(
+            "{}: neither a report.json nor a baseline (expected a file written by vlmtest): {e}",
+            path.display()
+        )
+    })?;
+    side.insert(b.model.clone(), (b.fingerprint, b.cases));
+    Ok(side)
+}
+
+/// `vlmtest compare BASE NEW`.
+fn compare(
+    base: &std::path::Path,
+    new: &std::path::Path,
+    format: CompareFormat,
+    alpha: f64,
+    max_drop: Option<f64>,
+) -> ExitCode {
+    if !(alpha > 0.0 && alpha < 1.0) {
+        eprintln!("error: --alpha must be between 0 and 1 (exclusive), got {alpha}");
+        return ExitCode::from(2);
+    }
+    let (b, n) = match (read_side(base), read_side(new)) {
+        (Ok(b), Ok(n)) => (b, n),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut comparisons = Vec::new();
+    for (model, (bfp, bcases)) in &b {
+        let Some((nfp, ncases)) = n.get(model) else {
+            continue;
+        };
+        let suites: std::collections::BTreeSet<&str> = bcases
+            .iter()
+            .chain(ncases)
+            .map(|c| c.suite.as_str())
+            .collect();
+        for suite in suites {
+            let bs: Vec<&crate::compare::CaseOutcome> =
+                bcases.iter().filter(|c| c.suite == suite).collect();
+            let ns: Vec<&crate::compare::CaseOutcome> =
+                ncases.iter().filter(|c| c.suite == suite).collect();
+            let mut c = crate::compare::compare(model, suite, &bs, &ns, alpha, max_drop);
+            c.fingerprint_note = crate::compare::fingerprint_note(bfp.as_ref(), nfp.as_ref());
+            comparisons.push(c);
+        }
+    }
+    if comparisons.is_empty() {
+        eprintln!(
+            "error: {} and {} have no model in common (base: {}; new: {})",
+            base.display(),
+            new.display(),
+            b.keys().cloned().collect::<Vec<_>>().join(", "),
+            n.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    match format {
+        CompareFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "comparisons": comparisons }))
+                .unwrap_or_default()
+        ),
+        CompareFormat::Md => print!("{}", crate::report::markdown::comparisons(&comparisons)),
+    }
+    if comparisons
+        .iter()
+        .any(|c| c.verdict == crate::compare::Verdict::Regressed)
+    {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// `vlmtest merge OUT IN...`.
-fn merge(out: &std::path::Path, inputs: &[PathBuf]) -> ExitCode {
-    match crate::report::merge::merge(out, inputs) {
+fn merge(
+    out: &std::path::Path,
+    inputs: &[PathBuf],
+    baselines: Option<&std::path::Path>,
+) -> ExitCode {
+    match crate::report::merge::merge(out, inputs, baselines) {
         Ok(m) => {
             print!("{}", crate::report::markdown::render(&m.report));
             if let Some(note) = m.report.missing_note() {
@@ -233,7 +468,19 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Score { rule, pass_at } => score(&rule, pass_at),
         Command::Report { out, format } => report(out, format),
-        Command::Merge { out, inputs } => merge(&out, &inputs),
+        Command::Baseline { models } => baseline(&models),
+        Command::Compare {
+            base,
+            new,
+            format,
+            alpha,
+            max_drop,
+        } => compare(&base, &new, format, alpha, max_drop),
+        Command::Merge {
+            out,
+            inputs,
+            baselines,
+        } => merge(&out, &inputs, baselines.as_deref()),
         Command::Fetch { models } => fetch(&models),
         Command::Run { args } => {
             let argv = std::iter::once("vlmtest run".to_string()).chain(args);

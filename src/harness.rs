@@ -70,7 +70,7 @@ fn init_logging() {
 fn planned_ignore(plan: &Plan, kind: TrialKind) -> bool {
     match kind {
         TrialKind::Case(i) => plan.cases[i].skip.is_some(),
-        TrialKind::Gate(g) => plan.gates[g]
+        TrialKind::Gate(g) | TrialKind::Regression(g) => plan.gates[g]
             .cases
             .iter()
             .all(|&i| plan.cases[i].skip.is_some()),
@@ -93,6 +93,12 @@ pub fn run_plan(plan: Plan, env: Env, args: &Arguments) -> ExitCode {
             let kind = t.kind;
             Trial::ignorable_test(t.name.clone(), move || match r.trial(kind) {
                 TrialOutcome::Passed => Ok(Completion::Completed),
+                TrialOutcome::PassedWith(note) => {
+                    // libtest has no message for a pass: the note goes to the trial's stderr
+                    // (nextest keeps it with the test's output).
+                    eprintln!("vlmtest: {note}");
+                    Ok(Completion::Completed)
+                }
                 TrialOutcome::Ignored(why) => Ok(Completion::ignored_with(why)),
                 TrialOutcome::Failed(msg) => Err(Failed::from(msg)),
             })

@@ -4,9 +4,12 @@
 //! [`report`]. The [`harness`] maps the plan to libtest trials; [`cli`] is the `vlmtest` command.
 
 pub mod backend;
+pub mod cache;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod error;
+pub mod fingerprint;
 pub mod harness;
 pub mod interrupt;
 pub mod kinds;

@@ -29,6 +29,8 @@ pub struct PlannedGate {
 pub enum TrialKind {
     Case(usize),
     Gate(usize),
+    /// The comparison of gate `g`'s model × suite with the model's baseline.
+    Regression(usize),
 }
 
 /// What the harness turns into one libtest trial.
@@ -46,7 +48,8 @@ pub struct Plan {
     pub models: Vec<usize>,
     pub cases: Vec<PlannedCase>,
     pub gates: Vec<PlannedGate>,
-    /// Model-major: per model, per suite, its cases in file order, then the suite's gate.
+    /// Model-major: per model, per suite, its cases in file order, then the suite's gate, then
+    /// (for a model with a baseline) its regression trial.
     pub trials: Vec<PlannedTrial>,
 }
 
@@ -55,7 +58,8 @@ pub fn case_name(model: &str, suite: &str, case: &str) -> String {
     format!("{model}::{suite}::{case}")
 }
 
-/// Splits a trial name into (model, suite, case); the case is `gate` for a gate.
+/// Splits a trial name into (model, suite, case); the case is `gate` for a gate and
+/// `regression` for a regression trial.
 pub fn parse_name(name: &str) -> Option<(&str, &str, &str)> {
     let mut parts = name.split("::");
     let (m, s, c) = (parts.next()?, parts.next()?, parts.next()?);
@@ -108,6 +112,12 @@ impl Plan {
                     name: name.clone(),
                     kind: TrialKind::Gate(gates.len()),
                 });
+                if config.baselines.contains_key(&spec.name) {
+                    trials.push(PlannedTrial {
+                        name: case_name(&spec.name, &suite.name, "regression"),
+                        kind: TrialKind::Regression(gates.len()),
+                    });
+                }
                 gates.push(PlannedGate {
                     model: mi,
                     suite: si,

@@ -80,6 +80,73 @@ pub struct TurnResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_second: Option<f64>,
     pub retries: u32,
+    /// What preprocessing made of this turn's images (in-process models that say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<serde_json::Value>,
+}
+
+/// One attempt of a case asked several times (`repeat`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    /// The answer at the last turn.
+    pub answer: String,
+    pub score: f64,
+    pub passed: bool,
+    pub latency_ms: f64,
+    /// Time to first token of the first turn, where the backend measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Decoding speed (mean over the turns), where the backend measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// Why it did not pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+/// How often a case asked several times passed, with a 95% Wilson interval.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Repeats {
+    pub attempts: u32,
+    pub passes: u32,
+    pub pass_rate: f64,
+    /// 95% Wilson score interval of the pass rate.
+    pub pass_rate_low: f64,
+    pub pass_rate_high: f64,
+    /// The fraction of attempts the case needed to pass.
+    pub min_pass_rate: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_max_ms: f64,
+    /// Every attempt, in order.
+    pub attempt_results: Vec<Attempt>,
+}
+
+/// The 95% Wilson score interval of `k` successes in `n` trials.
+pub fn wilson(k: u32, n: u32) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let (k, n) = (k as f64, n as f64);
+    let p = k / n;
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// The `q`-quantile (0..=1) of `values` by linear interpolation between closest ranks (numpy's
+/// default), 0 for none.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
 /// The verdict on one case for one model.
@@ -109,6 +176,14 @@ pub struct CaseResult {
     pub simple_correct: Option<bool>,
     pub snapshot: SnapshotStatus,
     pub turns: Vec<TurnResult>,
+    /// Replayed from a recording (`VLMTEST_CACHE`): latency and speed budgets were not checked.
+    pub replayed: bool,
+    /// Time to first token (first turn) and decoding speed (mean over turns) of the first
+    /// attempt, where the backend measured them.
+    pub ttft_ms: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    /// Asked several times (`repeat` > 1).
+    pub repeats: Option<Repeats>,
 }
 
 /// A case as report.json and cases.jsonl write it: the outcome spread over `passed`, `status`,
@@ -136,6 +211,33 @@ struct CaseRecord {
     ignored: Option<String>,
     error: Option<String>,
     turns: Vec<TurnResult>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttft_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tokens_per_s: Option<f64>,
+    // `repeats`, spread over top-level keys (present only for cases asked several times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    passes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pass_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pass_rate_low: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pass_rate_high: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_pass_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latency_p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latency_p95_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latency_max_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempt_results: Option<Vec<Attempt>>,
 }
 
 impl From<CaseResult> for CaseRecord {
@@ -173,6 +275,19 @@ impl From<CaseResult> for CaseRecord {
             simple_correct: c.simple_correct,
             snapshot: c.snapshot,
             turns: c.turns,
+            replayed: c.replayed,
+            ttft_ms: c.ttft_ms,
+            tokens_per_s: c.tokens_per_s,
+            attempts: c.repeats.as_ref().map(|r| r.attempts),
+            passes: c.repeats.as_ref().map(|r| r.passes),
+            pass_rate: c.repeats.as_ref().map(|r| r.pass_rate),
+            pass_rate_low: c.repeats.as_ref().map(|r| r.pass_rate_low),
+            pass_rate_high: c.repeats.as_ref().map(|r| r.pass_rate_high),
+            min_pass_rate: c.repeats.as_ref().map(|r| r.min_pass_rate),
+            latency_p50_ms: c.repeats.as_ref().map(|r| r.latency_p50_ms),
+            latency_p95_ms: c.repeats.as_ref().map(|r| r.latency_p95_ms),
+            latency_max_ms: c.repeats.as_ref().map(|r| r.latency_max_ms),
+            attempt_results: c.repeats.map(|r| r.attempt_results),
         }
     }
 }
@@ -208,6 +323,24 @@ impl From<CaseRecord> for CaseResult {
             simple_correct: r.simple_correct,
             snapshot: r.snapshot,
             turns: r.turns,
+            replayed: r.replayed,
+            ttft_ms: r.ttft_ms,
+            tokens_per_s: r.tokens_per_s,
+            repeats: match (r.attempts, r.passes, r.attempt_results) {
+                (Some(attempts), Some(passes), Some(attempt_results)) => Some(Repeats {
+                    attempts,
+                    passes,
+                    pass_rate: r.pass_rate.unwrap_or_default(),
+                    pass_rate_low: r.pass_rate_low.unwrap_or_default(),
+                    pass_rate_high: r.pass_rate_high.unwrap_or_default(),
+                    min_pass_rate: r.min_pass_rate.unwrap_or(1.0),
+                    latency_p50_ms: r.latency_p50_ms.unwrap_or_default(),
+                    latency_p95_ms: r.latency_p95_ms.unwrap_or_default(),
+                    latency_max_ms: r.latency_max_ms.unwrap_or_default(),
+                    attempt_results,
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -263,6 +396,12 @@ impl CaseResult {
             None => {
                 let _ = writeln!(s, "latency:  {:.0} ms", self.latency_ms);
             }
+        }
+        if self.replayed {
+            let _ = writeln!(
+                s,
+                "replayed: the answer comes from the recording (latency and speed budgets not checked)"
+            );
         }
         for r in self.outcome.reasons() {
             let _ = writeln!(s, "why:      {r}");

@@ -6,6 +6,7 @@
 
 #[cfg(feature = "candle")]
 pub mod candle;
+pub mod fingerprint;
 pub mod llama_server;
 pub mod openai;
 
@@ -60,6 +61,13 @@ pub struct Generation {
     pub time_to_first_token: Option<Duration>,
     /// Requests retried before this answer.
     pub retries: u32,
+    /// Decoding speed after the first token, when the backend measured it itself (a server's
+    /// own timings); otherwise computed from the latency and the time to first token.
+    pub tokens_per_second: Option<f64>,
+    /// Replayed from a recording (`VLMTEST_CACHE`), not asked live.
+    pub replayed: bool,
+    /// What preprocessing made of the images (in-process models that say), for report.json.
+    pub preprocessing: Option<serde_json::Value>,
 }
 
 /// A failed generation, with a message for the user.
@@ -242,6 +250,7 @@ pub struct ModelSlot {
     stats: Mutex<LoadStats>,
     /// Set when the load figures changed since [`ModelSlot::take_changed_stats`] last ran.
     stats_changed: std::sync::atomic::AtomicBool,
+    fingerprint: std::sync::OnceLock<fingerprint::Fingerprint>,
 }
 
 impl ModelSlot {
@@ -267,6 +276,7 @@ impl ModelSlot {
             resident,
             stats: Mutex::new(LoadStats::default()),
             stats_changed: std::sync::atomic::AtomicBool::new(false),
+            fingerprint: std::sync::OnceLock::new(),
         }
     }
 
@@ -327,6 +337,20 @@ impl ModelSlot {
                 Err(e)
             }
         }
+    }
+
+    /// The model's fingerprint, computed on first use (it may hash local weight files; it never
+    /// loads them).
+    pub fn fingerprint(&self) -> &fingerprint::Fingerprint {
+        self.fingerprint.get_or_init(|| {
+            self.stats_changed.store(true, Ordering::SeqCst);
+            fingerprint::of(&self.spec)
+        })
+    }
+
+    /// The fingerprint, if it was computed.
+    pub fn fingerprint_if_known(&self) -> Option<&fingerprint::Fingerprint> {
+        self.fingerprint.get()
     }
 
     /// The load figures, when they changed since the last call.
@@ -428,6 +452,7 @@ mod tests {
             },
             text_only: true,
             latency_scale: 1.0,
+            repeat: 1,
         }
     }
 

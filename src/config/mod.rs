@@ -54,6 +54,11 @@ pub struct Env {
     /// `VLMTEST_MALLOC` as written (`None`: unset, the harness decides).
     pub malloc: Option<crate::machine::Allocator>,
     pub gates: GateMode,
+    /// `VLMTEST_CACHE` and `VLMTEST_CACHE_DIR` (default `recordings/` at the crate root).
+    pub cache: crate::cache::CacheMode,
+    pub cache_dir: PathBuf,
+    /// `VLMTEST_BASELINES` (default `baselines/` at the crate root).
+    pub baselines: PathBuf,
 }
 
 fn truthy(v: &str) -> bool {
@@ -118,7 +123,12 @@ impl Env {
                 )));
             }
         };
+        let cache = crate::cache::CacheMode::parse(&get("VLMTEST_CACHE").unwrap_or_default())
+            .map_err(ConfigError::env)?;
         Ok(Env {
+            cache,
+            cache_dir: path("VLMTEST_CACHE_DIR", "recordings"),
+            baselines: path("VLMTEST_BASELINES", "baselines"),
             gates,
             malloc,
             models: path("VLMTEST_MODELS", "models.toml"),
@@ -147,6 +157,45 @@ impl Env {
 pub struct Config {
     pub models: ModelsConfig,
     pub suites: Vec<Suite>,
+    /// Committed baselines (`VLMTEST_BASELINES/{model}.json`) of the declared models that have one.
+    pub baselines: BTreeMap<String, crate::compare::Baseline>,
+    /// Where they were read from.
+    pub baselines_dir: PathBuf,
+}
+
+/// Reads the baseline of each declared model that has a file in `dir`.
+fn load_baselines(
+    dir: &Path,
+    models: &ModelsConfig,
+    env: &Env,
+    errors: &mut ConfigErrors,
+) -> BTreeMap<String, crate::compare::Baseline> {
+    let mut out = BTreeMap::new();
+    for m in &models.models {
+        let file = dir.join(format!("{}.json", m.name));
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        match serde_json::from_str::<crate::compare::Baseline>(&text) {
+            Ok(b) if b.model == m.name => {
+                out.insert(m.name.clone(), b);
+            }
+            Ok(b) => errors.push(ConfigError::new(
+                env.shown(&file),
+                None,
+                format!(
+                    "this is the baseline of model `{}`, not of `{}` (a baseline file is named after its model: write it with `vlmtest baseline`)",
+                    b.model, m.name
+                ),
+            )),
+            Err(e) => errors.push(ConfigError::new(
+                env.shown(&file),
+                Some(e.line()),
+                format!("{e} (expected a baseline written by `vlmtest baseline`)"),
+            )),
+        }
+    }
+    out
 }
 
 /// Loads models.toml and every suite; all errors of all files are reported together.
@@ -211,5 +260,11 @@ pub fn load(env: &Env) -> Result<Config, ConfigErrors> {
         }
     }
     suites.sort_by(|a, b| a.name.cmp(&b.name));
-    errors.into_result(Config { models, suites })
+    let baselines = load_baselines(&env.baselines, &models, env, &mut errors);
+    errors.into_result(Config {
+        models,
+        suites,
+        baselines,
+        baselines_dir: env.baselines.clone(),
+    })
 }

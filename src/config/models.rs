@@ -35,6 +35,8 @@ pub struct ModelSpec {
     pub text_only: bool,
     /// Multiplies every case's `max_latency_ms` for this model.
     pub latency_scale: f64,
+    /// Times each case is asked, unless the suite or the case says (`repeat`).
+    pub repeat: u32,
 }
 
 /// Generation parameters every backend receives.
@@ -159,6 +161,7 @@ macro_rules! raw_model {
             system_prompt: Option<String>,
             text_only: Option<bool>,
             latency_scale: Option<Spanned<f64>>,
+            repeat: Option<Spanned<u32>>,
             $($field: $ty,)*
         }
 
@@ -173,6 +176,7 @@ macro_rules! raw_model {
                     system_prompt: self.system_prompt.clone(),
                     text_only: self.text_only,
                     latency_scale: self.latency_scale.clone(),
+                    repeat: self.repeat.clone(),
                 }
             }
         }
@@ -188,6 +192,7 @@ struct Common {
     system_prompt: Option<String>,
     text_only: Option<bool>,
     latency_scale: Option<Spanned<f64>>,
+    repeat: Option<Spanned<u32>>,
 }
 
 raw_model!(RawCommon {});
@@ -235,6 +240,7 @@ struct RawDefaults {
     system_prompt: Option<String>,
     text_only: Option<bool>,
     latency_scale: Option<Spanned<f64>>,
+    repeat: Option<Spanned<u32>>,
     timeout_s: Option<Spanned<f64>>,
     concurrency: Option<Spanned<usize>>,
 }
@@ -512,6 +518,10 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
         if let Some((0, at)) = &max_new_tokens {
             errors.push(err(line(at), "`max_new_tokens` must be at least 1".into()));
         }
+        let repeat = pick(&c.repeat, &d.repeat);
+        if let Some((0, at)) = &repeat {
+            errors.push(err(line(at), "`repeat` must be at least 1".into()));
+        }
         let latency_scale = pick(&c.latency_scale, &d.latency_scale);
         if let Some((s, at)) = &latency_scale
             && !(*s > 0.0 && s.is_finite())
@@ -685,6 +695,7 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
             },
             text_only,
             latency_scale: latency_scale.map_or(1.0, |(s, _)| s),
+            repeat: repeat.map_or(1, |(n, _)| n.max(1)),
         });
     }
     errors.into_result(ModelsConfig {

@@ -27,6 +27,11 @@ pub struct Suite {
 pub struct Gate {
     pub min_accuracy: Option<f64>,
     pub min_pass_rate: Option<f64>,
+    /// The largest drop in mean score against the model's baseline before the regression trial
+    /// fails, whatever the statistics say.
+    pub max_drop: Option<f64>,
+    /// The significance level of the regression trial's McNemar test (default 0.05).
+    pub alpha: Option<f64>,
     /// Per-model overrides, with the line where each is written.
     pub models: BTreeMap<String, (Thresholds, usize)>,
     pub line: Option<usize>,
@@ -66,6 +71,14 @@ pub struct Case {
     pub max_new_tokens: Option<u32>,
     pub max_latency_ms: Option<u64>,
     pub snapshot: bool,
+    /// Times the case is asked (`None`: the model's `repeat`, else once).
+    pub repeat: Option<u32>,
+    /// Fraction of the attempts that must pass (default 1.0: every one).
+    pub min_pass_rate: f64,
+    /// Time to first token budget, per attempt, where the backend measures it.
+    pub max_ttft_ms: Option<f64>,
+    /// Decoding speed floor, per attempt, where the backend measures it.
+    pub min_tokens_per_s: Option<f64>,
 }
 
 impl Case {
@@ -110,6 +123,10 @@ struct RawDefaults {
     max_latency_ms: Option<u64>,
     snapshot: Option<bool>,
     category: Option<String>,
+    repeat: Option<u32>,
+    min_pass_rate: Option<f64>,
+    max_ttft_ms: Option<f64>,
+    min_tokens_per_s: Option<f64>,
 }
 
 /// How a case's `answers` are scored.
@@ -129,6 +146,8 @@ enum ScoreKind {
 struct RawGate {
     min_accuracy: Option<f64>,
     min_pass_rate: Option<f64>,
+    max_drop: Option<f64>,
+    alpha: Option<f64>,
     #[serde(default)]
     models: BTreeMap<String, RawThresholds>,
 }
@@ -156,6 +175,10 @@ struct RawCase {
     max_new_tokens: Option<u32>,
     max_latency_ms: Option<u64>,
     snapshot: Option<bool>,
+    repeat: Option<u32>,
+    min_pass_rate: Option<f64>,
+    max_ttft_ms: Option<f64>,
+    min_tokens_per_s: Option<f64>,
     turns: Option<Vec<RawTurn>>,
 }
 
@@ -456,10 +479,16 @@ pub fn load_suite(
         &mut errors,
         shown,
         &dl,
-        d.pass_at,
-        d.max_new_tokens,
-        d.max_latency_ms,
-        d.prompt.as_deref(),
+        Overrides {
+            pass_at: d.pass_at,
+            max_new_tokens: d.max_new_tokens,
+            max_latency_ms: d.max_latency_ms,
+            prompt: d.prompt.as_deref(),
+            repeat: d.repeat,
+            min_pass_rate: d.min_pass_rate,
+            max_ttft_ms: d.max_ttft_ms,
+            min_tokens_per_s: d.min_tokens_per_s,
+        },
     );
 
     let gate = match raw.gate {
@@ -480,6 +509,15 @@ pub fn load_suite(
                 "min_pass_rate",
                 g.min_pass_rate,
             );
+            check_unit(&mut errors, shown, gl("max_drop"), "max_drop", g.max_drop);
+            if let Some(a) = g.alpha
+                && !(a > 0.0 && a < 1.0)
+            {
+                errors.push(err(
+                    gl("alpha"),
+                    format!("`alpha` must be between 0 and 1 (exclusive), got {a}"),
+                ));
+            }
             let mut models = BTreeMap::new();
             for (m, t) in g.models {
                 let ml = line(&[Seg::Key("gate"), Seg::Key("models"), Seg::Key(&m)]);
@@ -494,6 +532,8 @@ pub fn load_suite(
             Gate {
                 min_accuracy: g.min_accuracy,
                 min_pass_rate: g.min_pass_rate,
+                max_drop: g.max_drop,
+                alpha: g.alpha,
                 models,
                 line: line(&[Seg::Key("gate")]),
             }
@@ -518,10 +558,12 @@ pub fn load_suite(
             line(&p)
         };
         let id = rc.id.0.clone();
-        if id == "gate" {
+        if id == "gate" || id == "regression" {
             errors.push(err(
                 at("id"),
-                "case id `gate` is reserved for the suite's gate (choose another id)".into(),
+                format!(
+                    "case id `{id}` is reserved for the suite's {id} trial (choose another id)"
+                ),
             ));
         } else if !valid_id(&id, false) {
             errors.push(err(
@@ -538,10 +580,16 @@ pub fn load_suite(
             &mut errors,
             shown,
             &at,
-            rc.pass_at,
-            rc.max_new_tokens,
-            rc.max_latency_ms,
-            rc.prompt.as_deref(),
+            Overrides {
+                pass_at: rc.pass_at,
+                max_new_tokens: rc.max_new_tokens,
+                max_latency_ms: rc.max_latency_ms,
+                prompt: rc.prompt.as_deref(),
+                repeat: rc.repeat,
+                min_pass_rate: rc.min_pass_rate,
+                max_ttft_ms: rc.max_ttft_ms,
+                min_tokens_per_s: rc.min_tokens_per_s,
+            },
         );
         let template = rc
             .prompt
@@ -713,6 +761,10 @@ pub fn load_suite(
             max_new_tokens: rc.max_new_tokens.or(d.max_new_tokens),
             max_latency_ms: rc.max_latency_ms.or(d.max_latency_ms),
             snapshot: rc.snapshot.or(d.snapshot).unwrap_or(true),
+            repeat: rc.repeat.or(d.repeat),
+            min_pass_rate: rc.min_pass_rate.or(d.min_pass_rate).unwrap_or(1.0),
+            max_ttft_ms: rc.max_ttft_ms.or(d.max_ttft_ms),
+            min_tokens_per_s: rc.min_tokens_per_s.or(d.min_tokens_per_s),
         });
     }
 
@@ -725,20 +777,37 @@ pub fn load_suite(
     })
 }
 
+/// The fields a case and the suite's `defaults` share.
+struct Overrides<'a> {
+    pass_at: Option<f64>,
+    max_new_tokens: Option<u32>,
+    max_latency_ms: Option<u64>,
+    prompt: Option<&'a str>,
+    repeat: Option<u32>,
+    min_pass_rate: Option<f64>,
+    max_ttft_ms: Option<f64>,
+    min_tokens_per_s: Option<f64>,
+}
+
 /// Checks the fields a case and the suite's `defaults` share; `at` gives a key's line.
 fn check_overrides(
     errors: &mut ConfigErrors,
     file: &Path,
     at: &dyn Fn(&str) -> Option<usize>,
-    pass_at: Option<f64>,
-    max_new_tokens: Option<u32>,
-    max_latency_ms: Option<u64>,
-    prompt: Option<&str>,
+    o: Overrides,
 ) {
-    check_unit(errors, file, at("pass_at"), "pass_at", pass_at);
+    check_unit(errors, file, at("pass_at"), "pass_at", o.pass_at);
+    check_unit(
+        errors,
+        file,
+        at("min_pass_rate"),
+        "min_pass_rate",
+        o.min_pass_rate,
+    );
     let positive = [
-        ("max_new_tokens", max_new_tokens.map(u64::from)),
-        ("max_latency_ms", max_latency_ms),
+        ("max_new_tokens", o.max_new_tokens.map(u64::from)),
+        ("max_latency_ms", o.max_latency_ms),
+        ("repeat", o.repeat.map(u64::from)),
     ];
     for (key, v) in positive {
         if v == Some(0) {
@@ -749,7 +818,21 @@ fn check_overrides(
             ));
         }
     }
-    if let Some(p) = prompt
+    for (key, v) in [
+        ("max_ttft_ms", o.max_ttft_ms),
+        ("min_tokens_per_s", o.min_tokens_per_s),
+    ] {
+        if let Some(v) = v
+            && !(v > 0.0 && v.is_finite())
+        {
+            errors.push(ConfigError::new(
+                file,
+                at(key),
+                format!("`{key}` must be a number > 0, got {v}"),
+            ));
+        }
+    }
+    if let Some(p) = o.prompt
         && !p.contains("{question}")
     {
         errors.push(ConfigError::new(

@@ -58,6 +58,58 @@ pub fn render(report: &Report, images: &[ImageFacts]) -> String {
     }
     let _ = writeln!(s, "</table>");
 
+    if !report.comparisons.is_empty() {
+        let _ = writeln!(
+            s,
+            "<h2>Against the baseline</h2>\n<table><tr><th>model</th><th>suite</th><th>n</th><th>base acc</th><th>new acc</th><th>Δ (95% CI)</th><th>pass→fail</th><th>fail→pass</th><th>p (McNemar)</th><th>verdict</th></tr>"
+        );
+        for c in &report.comparisons {
+            let f = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.3}"));
+            let delta = match (c.delta, c.ci_low, c.ci_high) {
+                (Some(d), Some(lo), Some(hi)) => format!("{d:+.3} ({lo:+.3} to {hi:+.3})"),
+                (Some(d), _, _) => format!("{d:+.3}"),
+                _ => "–".into(),
+            };
+            let regressed = c.verdict == crate::compare::Verdict::Regressed;
+            let _ = writeln!(
+                s,
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:?}</td></tr>",
+                if regressed { "failed" } else { "passed" },
+                escape(&c.model),
+                escape(&c.suite),
+                c.n,
+                f(c.base_accuracy),
+                f(c.new_accuracy),
+                escape(&delta),
+                c.pass_to_fail,
+                c.fail_to_pass,
+                c.p_value,
+                c.verdict
+            );
+        }
+        let _ = writeln!(s, "</table>");
+        for c in report.comparisons.iter().filter(|c| !c.flips.is_empty()) {
+            let _ = writeln!(
+                s,
+                "<p><strong>{} × {}</strong> flipped:</p><ul>",
+                escape(&c.model),
+                escape(&c.suite)
+            );
+            for fl in &c.flips {
+                let word = |p: bool| if p { "pass" } else { "fail" };
+                let _ = writeln!(
+                    s,
+                    "<li><code>{}</code>: {} {} → {} {}</li>",
+                    escape(&fl.case),
+                    word(fl.base_passed),
+                    escape(&format!("{:?}", fl.base_answer)),
+                    word(fl.new_passed),
+                    escape(&format!("{:?}", fl.new_answer))
+                );
+            }
+            let _ = writeln!(s, "</ul>");
+        }
+    }
     let mut groups: BTreeMap<(&str, &str), Vec<_>> = BTreeMap::new();
     for c in &report.cases {
         groups

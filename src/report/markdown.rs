@@ -284,6 +284,10 @@ pub fn render(report: &Report) -> String {
             )
         })
         .collect();
+    if !report.comparisons.is_empty() {
+        let _ = writeln!(s, "\n## Against the baseline\n");
+        s.push_str(&comparisons(&report.comparisons));
+    }
     if !failures.is_empty() {
         let _ = writeln!(s, "\n## Failures\n");
         let mut by_model: BTreeMap<&str, Vec<_>> = BTreeMap::new();
@@ -309,6 +313,67 @@ pub fn render(report: &Report) -> String {
                 let _ = writeln!(s, "- … and {} more (see report.json)", cases.len() - MAX);
             }
             let _ = writeln!(s);
+        }
+    }
+    s
+}
+
+/// A table of comparisons with a baseline, then the cases that flipped.
+pub fn comparisons(list: &[crate::compare::Comparison]) -> String {
+    use crate::compare::Verdict;
+    let mut s = String::new();
+    let f = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.3}"));
+    let _ = writeln!(
+        s,
+        "| Model | Suite | n | Base acc | New acc | Δ (95% CI) | pass→fail | fail→pass | p (McNemar) | Verdict |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    for c in list {
+        let delta = match (c.delta, c.ci_low, c.ci_high) {
+            (Some(d), Some(lo), Some(hi)) => format!("{d:+.3} ({lo:+.3} to {hi:+.3})"),
+            (Some(d), _, _) => format!("{d:+.3}"),
+            _ => "–".into(),
+        };
+        let verdict = match c.verdict {
+            Verdict::Regressed => "**REGRESSED**",
+            Verdict::Improved => "improved",
+            Verdict::Unchanged => "unchanged",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {delta} | {} | {} | {:.4} | {verdict} |",
+            c.model,
+            c.suite,
+            c.n,
+            f(c.base_accuracy),
+            f(c.new_accuracy),
+            c.pass_to_fail,
+            c.fail_to_pass,
+            c.p_value
+        );
+    }
+    for c in list {
+        if c.flips.is_empty() && c.reasons.is_empty() && c.fingerprint_note.is_none() {
+            continue;
+        }
+        let _ = writeln!(s, "\n**{} × {}**\n", c.model, c.suite);
+        for r in &c.reasons {
+            let _ = writeln!(s, "- why: {r}");
+        }
+        if let Some(n) = &c.fingerprint_note {
+            let _ = writeln!(s, "- note: {n}");
+        }
+        for fl in &c.flips {
+            let word = |p: bool| if p { "pass" } else { "fail" };
+            let _ = writeln!(
+                s,
+                "- `{}`: {} {:?} → {} {:?}",
+                fl.case,
+                word(fl.base_passed),
+                fl.base_answer,
+                word(fl.new_passed),
+                fl.new_answer
+            );
         }
     }
     s

@@ -35,9 +35,15 @@ pub struct Merged {
 }
 
 impl Merged {
-    /// Whether CI should fail: a case failed or errored, a gate failed, or trials are missing.
+    /// Whether CI should fail: a case failed or errored, a gate failed, a model regressed against
+    /// its baseline, or trials are missing.
     pub fn failed(&self) -> bool {
         !self.missing.is_empty()
+            || self
+                .report
+                .comparisons
+                .iter()
+                .any(|c| c.verdict == crate::compare::Verdict::Regressed)
             || self
                 .report
                 .suites
@@ -61,7 +67,11 @@ fn verdict_of(c: &CaseResult) -> (crate::verdict::Status, &str, String) {
 
 /// Merges the shards `inputs` into `out`: report.json, report.md, junit.xml, report.html, and the
 /// merged records (so `vlmtest report` works on `out` too).
-pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<Merged, MergeError> {
+pub fn merge(
+    out: &Path,
+    inputs: &[PathBuf],
+    baselines: Option<&Path>,
+) -> Result<Merged, MergeError> {
     if inputs.is_empty() {
         return Err(MergeError::NoInputs);
     }
@@ -145,7 +155,36 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<Merged, MergeError> {
         ));
     }
 
-    // Trials of the plan no shard ran: a case without a record, a gate no shard ran.
+    // Regressions: each model × suite against the model's baseline, over all shards' cases.
+    let baseline_dir = baselines.map(Path::to_path_buf).or(facts.baselines.clone());
+    let mut comparisons = Vec::new();
+    let mut judged: BTreeSet<(String, String)> = BTreeSet::new();
+    if let Some(dir) = &baseline_dir {
+        let mut loaded: BTreeMap<String, Option<crate::compare::Baseline>> = BTreeMap::new();
+        for g in &facts.gates {
+            let baseline = loaded.entry(g.model.clone()).or_insert_with(|| {
+                std::fs::read_to_string(dir.join(format!("{}.json", g.model)))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+            });
+            let Some(baseline) = baseline else { continue };
+            let new = crate::compare::outcomes_of(&cases, &g.model);
+            let now = shards
+                .iter()
+                .flat_map(|(_, r)| &r.stats)
+                .filter(|s| s.name == g.model)
+                .find_map(|s| s.fingerprint.clone());
+            judged.insert((g.model.clone(), g.suite.clone()));
+            if let Some(c) =
+                crate::compare::against(baseline, &g.suite, g.alpha, g.max_drop, &new, now.as_ref())
+            {
+                comparisons.push(c);
+            }
+        }
+    }
+
+    // Trials of the plan no shard ran: a case without a record, a gate no shard ran, a
+    // regression the merge could not judge (its baseline is gone).
     let ran_cases: BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     let ran_gates: BTreeSet<(String, String)> = shards
         .iter()
@@ -157,6 +196,7 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<Merged, MergeError> {
         .iter()
         .filter(|t| match crate::plan::parse_name(t) {
             Some((m, s, "gate")) => !ran_gates.contains(&(m.to_string(), s.to_string())),
+            Some((m, s, "regression")) => !judged.contains(&(m.to_string(), s.to_string())),
             _ => !ran_cases.contains(t.as_str()),
         })
         .cloned()
@@ -171,6 +211,7 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<Merged, MergeError> {
     facts.run_id = format!("merged-{}", facts.run_id);
     let mut report = Report::build(&facts, cases.clone(), suites.clone(), &stats, complete);
     report.missing_trials = missing.clone();
+    report.comparisons = comparisons.clone();
 
     std::fs::create_dir_all(out).map_err(|source| OutputError::Write {
         path: out.to_path_buf(),
@@ -202,6 +243,15 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<Merged, MergeError> {
             stats
                 .iter()
                 .map(|s| serde_json::to_string(s).unwrap_or_default())
+                .collect(),
+        ),
+    )?;
+    write_atomic(
+        &out.join(super::COMPARISONS),
+        &jsonl(
+            comparisons
+                .iter()
+                .map(|c| serde_json::to_string(c).unwrap_or_default())
                 .collect(),
         ),
     )?;

@@ -71,6 +71,9 @@ pub struct RunFacts {
     /// Every trial of the plan, in order.
     #[serde(default)]
     pub trials: Vec<String>,
+    /// The folder the models' baselines were read from (`vlmtest merge` compares with them).
+    #[serde(default)]
+    pub baselines: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +90,10 @@ pub struct GateFacts {
     pub suite: String,
     pub min_accuracy: Option<f64>,
     pub min_pass_rate: Option<f64>,
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    #[serde(default)]
+    pub max_drop: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +117,8 @@ pub struct ModelStats {
     /// Highest resident memory of the process seen while the model was loaded.
     pub peak_memory_bytes: Option<u64>,
     pub load_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::fingerprint::Fingerprint>,
 }
 
 /// How a model did on the cases that need an image, or on those that do not.
@@ -137,6 +146,44 @@ pub struct ModelReport {
     pub vision: Capability,
     pub text: Capability,
     pub summary: Summary,
+    /// What identifies the model's answers (backend, weights, settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::fingerprint::Fingerprint>,
+    /// What preprocessing made of the images, where the model says (image tokens per image, tile
+    /// grid, a hash of the pixel tensor): `digest` covers every case's, so two runs that differ
+    /// only in preprocessing are told apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<PreprocessingFingerprint>,
+}
+
+/// A digest of every preprocessing summary of a model's cases, and the first one as a sample.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreprocessingFingerprint {
+    pub digest: String,
+    /// Turns with a summary.
+    pub turns: usize,
+    pub first: serde_json::Value,
+}
+
+fn preprocessing_fingerprint(cases: &[&CaseResult]) -> Option<PreprocessingFingerprint> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut turns = 0;
+    let mut first = None;
+    for c in cases {
+        for (k, t) in c.turns.iter().enumerate() {
+            if let Some(p) = &t.preprocessing {
+                h.update(format!("{}#{k}\0{p}\0", c.name).as_bytes());
+                turns += 1;
+                first.get_or_insert_with(|| p.clone());
+            }
+        }
+    }
+    first.map(|first| PreprocessingFingerprint {
+        digest: crate::fingerprint::hex(&h.finalize())[..16].to_string(),
+        turns,
+        first,
+    })
 }
 
 impl ModelReport {
@@ -163,6 +210,9 @@ pub struct Report {
     pub models: Vec<ModelReport>,
     pub suites: Vec<SuiteResult>,
     pub cases: Vec<CaseResult>,
+    /// Each model × suite against the model's baseline, when it has one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comparisons: Vec<crate::compare::Comparison>,
     /// Trials of the plan that no shard ran (`vlmtest merge`): the run is incomplete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_trials: Vec<String>,
@@ -248,6 +298,9 @@ impl Report {
             }
             e.peak_memory_bytes = peak;
             e.external_memory_bytes = external;
+            if s.fingerprint.is_some() {
+                e.fingerprint = s.fingerprint.clone();
+            }
         }
         let models = facts
             .models
@@ -286,6 +339,8 @@ impl Report {
                     vision: cap(true),
                     text: cap(false),
                     summary: Summary::of(mine.iter().copied()),
+                    fingerprint: stats.fingerprint.clone(),
+                    preprocessing: preprocessing_fingerprint(&mine),
                 })
             })
             .collect();
@@ -308,6 +363,7 @@ impl Report {
             models,
             suites,
             cases,
+            comparisons: Vec::new(),
             missing_trials: Vec::new(),
         }
     }
@@ -329,6 +385,7 @@ pub struct Records {
     pub cases: Vec<CaseResult>,
     pub suites: Vec<SuiteResult>,
     pub stats: Vec<ModelStats>,
+    pub comparisons: Vec<crate::compare::Comparison>,
 }
 
 impl Records {
@@ -353,18 +410,21 @@ impl Records {
             cases: read_jsonl(&cases_path)?,
             suites: read_jsonl(&out.join(GATES)).unwrap_or_default(),
             stats: read_jsonl(&out.join(MODELS)).unwrap_or_default(),
+            comparisons: read_jsonl(&out.join(COMPARISONS)).unwrap_or_default(),
         })
     }
 
     pub fn report(&self) -> Report {
         let complete = self.facts.finished_at.is_some();
-        Report::build(
+        let mut r = Report::build(
             &self.facts,
             self.cases.clone(),
             self.suites.clone(),
             &self.stats,
             complete,
-        )
+        );
+        r.comparisons = last_comparisons(self.comparisons.clone());
+        r
     }
 }
 
@@ -383,6 +443,14 @@ const CASES: &str = "cases.jsonl";
 const GATES: &str = "gates.jsonl";
 const MODELS: &str = "models.jsonl";
 const RUN: &str = "run.json";
+const COMPARISONS: &str = "comparisons.jsonl";
+
+/// The last comparison per model × suite, sorted.
+fn last_comparisons(mut c: Vec<crate::compare::Comparison>) -> Vec<crate::compare::Comparison> {
+    dedup_last(&mut c, |x| (x.model.clone(), x.suite.clone()));
+    c.sort_by(|a, b| (&a.model, &a.suite).cmp(&(&b.model, &b.suite)));
+    c
+}
 
 struct Inner {
     opened: bool,
@@ -392,6 +460,8 @@ struct Inner {
     cases_file: Option<File>,
     gates_file: Option<File>,
     models_file: Option<File>,
+    comparisons_file: Option<File>,
+    comparisons: Vec<crate::compare::Comparison>,
     cases: Vec<CaseResult>,
     suites: Vec<SuiteResult>,
     stats: Vec<ModelStats>,
@@ -425,6 +495,8 @@ impl Recorder {
                 cases_file: None,
                 gates_file: None,
                 models_file: None,
+                comparisons_file: None,
+                comparisons: Vec::new(),
                 cases: Vec::new(),
                 suites: Vec::new(),
                 stats: Vec::new(),
@@ -463,10 +535,11 @@ impl Recorder {
         }
         inner.opened = true;
         match self.open_files() {
-            Ok([cases, gates, models]) => {
+            Ok([cases, gates, models, comparisons]) => {
                 inner.cases_file = Some(cases);
                 inner.gates_file = Some(gates);
                 inner.models_file = Some(models);
+                inner.comparisons_file = Some(comparisons);
             }
             Err(e) => {
                 inner.error = Some(format!(
@@ -477,7 +550,7 @@ impl Recorder {
         }
     }
 
-    fn open_files(&self) -> std::io::Result<[File; 3]> {
+    fn open_files(&self) -> std::io::Result<[File; 4]> {
         std::fs::create_dir_all(&self.out)?;
         let lock = File::create(self.out.join(".lock"))?;
         lock.lock()?;
@@ -485,7 +558,7 @@ impl Recorder {
         let same_run =
             std::fs::read_to_string(&marker).is_ok_and(|id| id.trim() == self.facts.run_id);
         if !same_run {
-            for name in [CASES, GATES, MODELS] {
+            for name in [CASES, GATES, MODELS, COMPARISONS] {
                 File::create(self.out.join(name))?;
             }
             std::fs::write(self.out.join(RUN), to_json(&self.facts))?;
@@ -497,7 +570,12 @@ impl Recorder {
                 .append(true)
                 .open(self.out.join(name))
         };
-        let files = [open(CASES)?, open(GATES)?, open(MODELS)?];
+        let files = [
+            open(CASES)?,
+            open(GATES)?,
+            open(MODELS)?,
+            open(COMPARISONS)?,
+        ];
         lock.unlock()?;
         Ok(files)
     }
@@ -515,6 +593,14 @@ impl Recorder {
         self.open(&mut inner);
         append(&mut inner, |i| &mut i.gates_file, GATES, s);
         inner.suites.push(s.clone());
+    }
+
+    /// Records a model × suite's comparison with its baseline.
+    pub fn record_comparison(&self, c: &crate::compare::Comparison) {
+        let mut inner = self.lock();
+        self.open(&mut inner);
+        append(&mut inner, |i| &mut i.comparisons_file, COMPARISONS, c);
+        inner.comparisons.push(c.clone());
     }
 
     /// Records a model's load figures (when it loads, and when it is dropped).
@@ -584,9 +670,9 @@ impl Recorder {
 
     /// The report of what has been recorded so far (by every process of the run).
     pub fn snapshot(&self, complete: bool) -> Report {
-        let (cases, suites, stats) = if self.shared {
+        let (cases, suites, stats, comparisons) = if self.shared {
             match Records::read(&self.out) {
-                Ok(r) => (r.cases, r.suites, r.stats),
+                Ok(r) => (r.cases, r.suites, r.stats, r.comparisons),
                 Err(_) => Default::default(),
             }
         } else {
@@ -595,9 +681,12 @@ impl Recorder {
                 inner.cases.clone(),
                 inner.suites.clone(),
                 inner.stats.clone(),
+                inner.comparisons.clone(),
             )
         };
-        Report::build(&self.facts, cases, suites, &stats, complete)
+        let mut r = Report::build(&self.facts, cases, suites, &stats, complete);
+        r.comparisons = last_comparisons(comparisons);
+        r
     }
 
     /// Rewrites report.json with what has been recorded so far, at most twice a second.

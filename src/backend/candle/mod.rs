@@ -498,7 +498,8 @@ impl Backend for Candle {
             prompt_tokens: Some(answer.prompt_tokens as u64),
             completion_tokens: Some(answer.tokens.len() as u64),
             time_to_first_token: Some(answer.time_to_first_token),
-            retries: 0,
+            preprocessing: model.preprocessing(),
+            ..Generation::default()
         })
     }
 }
