@@ -335,6 +335,11 @@ impl Project {
             "VLMTEST_SNAPSHOTS",
             "VLMTEST_REQUIRE_MODELS",
             "VLMTEST_MAX_RESIDENT",
+            "VLMTEST_CACHE",
+            "VLMTEST_CACHE_DIR",
+            "VLMTEST_BASELINES",
+            "VLMTEST_GATES",
+            "VLMTEST_MALLOC",
             "RUST_LOG",
         ] {
             cmd.env_remove(var);
