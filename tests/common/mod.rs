@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod sync;
 
 use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -336,6 +337,8 @@ impl Project {
             "VLMTEST_REQUIRE_MODELS",
             "VLMTEST_MAX_RESIDENT",
             "RUST_LOG",
+            // It would win over the HF_HOME a test sets.
+            "HF_HUB_CACHE",
         ] {
             cmd.env_remove(var);
         }
