@@ -14,8 +14,10 @@
 //! Each figure is the median of `VLMTEST_BENCH_RUNS` (default 7, at least 5) runs after one
 //! warm-up; `VLMTEST_BENCH_CASES` (default 5000) sets the suite size. Timings are printed and
 //! written to `target/bench-runner.json`, never asserted; the bench exits non-zero when a harness
-//! run does not pass every trial. Run without `--bench` (as `cargo test --all-targets` does), it
-//! is a quick smoke run of 60 cases and writes no JSON.
+//! run does not pass every trial, or when the reference's request bodies (checked in the first
+//! run) are not exactly the harness's, since it would then time other work. Run without
+//! `--bench` (as `cargo test --bench runner` and `cargo test --all-targets` do), it is a quick
+//! smoke run of 60 cases, with the same checks, and writes no JSON.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
@@ -74,7 +76,9 @@ impl Cases {
     }
 }
 
-/// VQA questions: (question, ten human answers, the server's answer).
+/// VQA questions: (question, ten human answers, the server's answer). Where the ten humans agree,
+/// the answer is their exact string: the official VQA evaluation (a013f00) leaves unanimous answers
+/// unnormalised, so `Yes` would score 0 against ten `yes`.
 const VQA: &[(&str, &str, &str)] = &[
     (
         "What animal is shown in this picture?",
@@ -89,7 +93,7 @@ const VQA: &[(&str, &str, &str)] = &[
     (
         "Is this a photo of an animal?",
         r#"["yes", "yes", "yes", "yes", "yes", "yes", "yes", "yes", "yes", "yes"]"#,
-        "Yes",
+        "yes",
     ),
     (
         "What colors are in this image?",
@@ -99,7 +103,7 @@ const VQA: &[(&str, &str, &str)] = &[
     (
         "What is this?",
         r#"["horse", "horse", "horse", "horse", "horse", "horse", "horse", "horse", "horse", "horse"]"#,
-        "A horse",
+        "horse",
     ),
 ];
 
@@ -374,15 +378,19 @@ impl Stats {
 struct Server {
     port: u16,
     stats: Arc<Stats>,
-    /// When set, a hash of every chat body is collected (to check the reference sends the same).
-    hashes: Arc<Mutex<Option<Vec<u64>>>>,
+    /// When set, every chat body's hash and `(qid=N)` is collected (to check the reference sends
+    /// the same).
+    hashes: Arc<Mutex<Option<Vec<Seen>>>>,
 }
 
 struct Shared {
     replies: Vec<Vec<u8>>,
     stats: Arc<Stats>,
-    hashes: Arc<Mutex<Option<Vec<u64>>>>,
+    hashes: Arc<Mutex<Option<Vec<Seen>>>>,
 }
+
+/// A chat body as the server saw it: its hash, and the question id it carries.
+type Seen = (u64, Option<usize>);
 
 fn http_reply(status: &str, body: &str) -> Vec<u8> {
     format!(
@@ -434,7 +442,7 @@ impl Server {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
 
-    fn collect_hashes(&self, on: bool) -> Option<Vec<u64>> {
+    fn collect_hashes(&self, on: bool) -> Option<Vec<Seen>> {
         let mut h = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
         let prev = h.take();
         if on {
@@ -515,7 +523,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
             {
                 let mut h = DefaultHasher::new();
                 body.hash(&mut h);
-                v.push(h.finish());
+                v.push((h.finish(), find_qid(&body)));
             }
             match find_qid(&body).and_then(|q| shared.replies.get(q)) {
                 Some(r) => r,
@@ -533,6 +541,61 @@ fn serve(stream: TcpStream, shared: &Shared) {
             return;
         }
     }
+}
+
+/// Checks that the reference sent exactly the bodies the harness sent, as multisets (each list
+/// sorted by hash, as [`Server::collect_hashes`] returns it).
+fn same_bodies(reference: &[Seen], harness: &[Seen]) -> Result<(), String> {
+    let (mut i, mut j) = (0, 0);
+    let (mut only_ref, mut only_run) = (Vec::new(), Vec::new());
+    while i < reference.len() || j < harness.len() {
+        match (reference.get(i), harness.get(j)) {
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.0 < b.0 => {
+                only_ref.push(a.1);
+                i += 1;
+            }
+            (Some(a), None) => {
+                only_ref.push(a.1);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                only_run.push(b.1);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    if reference.is_empty() {
+        return Err("request bodies not compared: the server collected none".into());
+    }
+    if only_ref.is_empty() && only_run.is_empty() {
+        return Ok(());
+    }
+    let qids = |v: &[Option<usize>]| {
+        let mut q = v.to_vec();
+        q.sort();
+        q.dedup();
+        let shown: Vec<String> = q
+            .iter()
+            .take(5)
+            .map(|q| q.map_or("no (qid=N)".to_string(), |q| format!("qid={q}")))
+            .collect();
+        let more = if q.len() > 5 { ", ..." } else { "" };
+        format!("{}{more}", shown.join(", "))
+    };
+    Err(format!(
+        "request bodies differ: {} of the harness's {} chat bodies are not among the reference's (questions {}), {} of the reference's {} not among the harness's (questions {})",
+        only_run.len(),
+        harness.len(),
+        qids(&only_run),
+        only_ref.len(),
+        reference.len(),
+        qids(&only_ref)
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -910,13 +973,19 @@ fn bench() -> Result<(), String> {
         check_run("full run", &o)?;
         check_server("full run", &sf, n_models)?;
         if verify {
-            bodies_identical = Some(ref_hashes == run_hashes);
-            if bodies_identical == Some(false) {
-                eprintln!(
-                    "  warning: the reference's request bodies differ from the harness's ({} vs {} body bytes): the reference no longer mirrors the OpenAI backend",
+            // The reference must time the same work: a body it builds differently is a bench
+            // bug, and the figures would compare different requests.
+            same_bodies(
+                ref_hashes.as_deref().unwrap_or_default(),
+                run_hashes.as_deref().unwrap_or_default(),
+            )
+            .map_err(|e| {
+                format!(
+                    "{e} ({} reference body bytes, {} harness body bytes): the reference no longer mirrors the OpenAI backend; make reference_bodies() in benches/runner.rs build what src/backend/openai.rs sends",
                     s.body_bytes, sf.body_bytes
-                );
-            }
+                )
+            })?;
+            bodies_identical = Some(true);
         }
 
         let snaps = dir.join(format!("snapshots-{rep}"));

@@ -4,6 +4,11 @@
 //! engine in its own process. See bench/README.md.
 //!
 //! `cargo bench --bench smolvlm` (needs python3 with torch and transformers; see bench/README.md).
+//!
+//! The timings are only compared when both engines did the same work: the same prompt length (each
+//! engine counts its own) and the same 16 new tokens; otherwise the bench says what differs and
+//! exits non-zero, printing no table. Without `--bench` (`cargo test --bench smolvlm`) it checks
+//! that comparison on made-up engine reports and measures nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -130,6 +135,83 @@ fn candle_child(dir: &Path, image: &str, runs: usize) {
     println!("{out}");
 }
 
+/// The facts an engine's report must hold for its timings to mean anything.
+struct Work {
+    prompt_tokens: u64,
+    new_token_ids: Vec<u64>,
+}
+
+fn work(v: &Value, engine: &str) -> Result<Work, String> {
+    let prompt_tokens = v["prompt_tokens"]
+        .as_u64()
+        .ok_or_else(|| format!("{engine} did not report its prompt length (`prompt_tokens`)"))?;
+    let new_token_ids = v["new_token_ids"]
+        .as_array()
+        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+        .ok_or_else(|| format!("{engine} did not report its new tokens (`new_token_ids`)"))?;
+    Ok(Work {
+        prompt_tokens,
+        new_token_ids,
+    })
+}
+
+/// Checks that candle and PyTorch timed the same work: prompts of the same length (each engine's
+/// own count) and the same `NEW_TOKENS` greedy tokens. The error says what differs.
+fn same_work(candle: &Value, torch: &Value) -> Result<(), String> {
+    let (c, t) = (work(candle, "candle")?, work(torch, "PyTorch")?);
+    if c.prompt_tokens != t.prompt_tokens {
+        return Err(format!(
+            "the prompts differ: candle's is {} tokens, PyTorch's {} (preprocessing, image splitting or the chat template differ), so their prefill and answer times are not comparable",
+            c.prompt_tokens, t.prompt_tokens
+        ));
+    }
+    for (engine, w) in [("candle", &c), ("PyTorch", &t)] {
+        if w.new_token_ids.len() != NEW_TOKENS {
+            return Err(format!(
+                "{engine} produced {} new tokens, not {NEW_TOKENS}",
+                w.new_token_ids.len()
+            ));
+        }
+    }
+    if let Some(k) = (0..NEW_TOKENS).find(|&k| c.new_token_ids[k] != t.new_token_ids[k]) {
+        return Err(format!(
+            "the greedy tokens differ from new token {k} on: candle {:?}, PyTorch {:?} (the engines computed different things, so their times are not comparable)",
+            c.new_token_ids, t.new_token_ids
+        ));
+    }
+    Ok(())
+}
+
+/// `cargo test --bench smolvlm`: [`same_work`] accepts equal reports and refuses each kind of
+/// difference, saying which.
+fn check_same_work() {
+    let report =
+        |prompt: u64, ids: Vec<u64>| json!({"prompt_tokens": prompt, "new_token_ids": ids});
+    let ids: Vec<u64> = (100..100 + NEW_TOKENS as u64).collect();
+    let candle = report(489, ids.clone());
+    assert_eq!(same_work(&candle, &report(489, ids.clone())), Ok(()));
+
+    let e = same_work(&candle, &report(488, ids.clone())).unwrap_err();
+    assert!(e.contains("candle's is 489 tokens, PyTorch's 488"), "{e}");
+
+    let mut other = ids.clone();
+    other[5] = 7;
+    let e = same_work(&candle, &report(489, other)).unwrap_err();
+    assert!(e.contains("differ from new token 5 on"), "{e}");
+
+    let e = same_work(&candle, &report(489, ids[..NEW_TOKENS - 1].to_vec())).unwrap_err();
+    assert!(e.contains("PyTorch produced 15 new tokens, not 16"), "{e}");
+
+    let e = same_work(&candle, &json!({"new_token_ids": ids})).unwrap_err();
+    assert!(
+        e.contains("PyTorch did not report its prompt length"),
+        "{e}"
+    );
+    let e = same_work(&json!({"prompt_tokens": 489}), &candle).unwrap_err();
+    assert!(e.contains("candle did not report its new tokens"), "{e}");
+    eprintln!("smolvlm bench: the engine comparison refuses different prompts and tokens");
+}
+
 fn run_json(cmd: &mut Command, what: &str) -> Value {
     let out = cmd
         .output()
@@ -174,6 +256,7 @@ fn main() {
         return;
     }
     if !args.iter().any(|a| a == "--bench") {
+        check_same_work();
         eprintln!(
             "smolvlm bench: run it with `cargo bench --bench smolvlm` (needs python3, torch, transformers)"
         );
@@ -228,6 +311,21 @@ fn main() {
         "the candle half",
     );
 
+    let all = json!({"candle": candle, "torch": torch, "checkpoint_mib": checkpoint});
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "smolvlm".into());
+    let path = root().join(format!("target/bench-{name}.json"));
+    let _ = std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap());
+    if let Err(e) = same_work(&candle, &torch) {
+        eprintln!(
+            "\nsmolvlm bench: not comparing the timings: {e} (both reports: {})",
+            path.display()
+        );
+        std::process::exit(1);
+    }
+
     let f = |v: &Value, k: &str| v[k]["median"].as_f64().unwrap_or(f64::NAN);
     let (ct, tt) = (f(&candle, "answer_total_s"), f(&torch, "model_s"));
     let tt_all = f(&torch, "answer_total_s");
@@ -238,13 +336,14 @@ fn main() {
     );
     let cm = candle["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
     let tm = torch["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
-    let prompt = candle["prompt_tokens"].as_f64().unwrap_or(f64::NAN);
-    let same = candle["new_token_ids"] == torch["new_token_ids"];
+    // Each engine's own prompt length (equal, as checked above).
+    let cp = candle["prompt_tokens"].as_f64().unwrap_or(f64::NAN);
+    let tp = torch["prompt_tokens"].as_f64().unwrap_or(f64::NAN);
     println!(
         "\n{} (random weights), f32, CPU, 2 threads, {runs} runs after a warm-up, 16 new tokens",
         dir.display()
     );
-    println!("image {image}; {prompt} prompt tokens; checkpoint {checkpoint:.0} MiB\n");
+    println!("image {image}; {cp} prompt tokens; checkpoint {checkpoint:.0} MiB\n");
     println!("| | candle | PyTorch eager | candle / PyTorch |");
     println!("|---|---|---|---|");
     println!(
@@ -261,8 +360,8 @@ fn main() {
     );
     println!(
         "| prefill (tokens/s) | {:.0} | {:.0} | {:.2}× |",
-        prompt / cf,
-        prompt / tf,
+        cp / cf,
+        tp / tf,
         tf / cf
     );
     println!(
@@ -292,16 +391,6 @@ fn main() {
         f(&torch, "prefill_s"),
         tt - tf
     );
-    println!(
-        "\nsame 16 greedy tokens as PyTorch: {}",
-        if same { "yes" } else { "NO" }
-    );
-    let all = json!({"candle": candle, "torch": torch, "checkpoint_mib": checkpoint, "same_tokens": same});
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "smolvlm".into());
-    let path = root().join(format!("target/bench-{name}.json"));
-    let _ = std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap());
+    println!("\nsame prompt length and same {NEW_TOKENS} greedy tokens as PyTorch: yes (checked)");
     println!("(all runs: {})", path.display());
 }

@@ -5,7 +5,9 @@
 //! Behaviour follows insta's `INSTA_UPDATE` conventions, with vlmtest's default: outside CI a
 //! snapshot that does not exist yet is written and accepted, a changed answer is written as
 //! `.snap.new` and fails until reviewed; under `CI=true` nothing is written and a missing or
-//! changed snapshot fails.
+//! changed snapshot fails. As in insta (`snapshot_update_behavior` in its `env.rs`), `CI` only
+//! decides what `auto` (`INSTA_UPDATE` unset) means: a mode set explicitly applies under CI too,
+//! so `INSTA_UPDATE=always` writes there (`tests/claims.rs` holds the harness to this).
 
 use std::path::{Path, PathBuf};
 

@@ -360,3 +360,141 @@ fn fetch_brings_the_tokenizer_repo_a_model_names() {
         "{reason}"
     );
 }
+
+/// models.toml naming only the fixture repo.
+fn tiny_only(p: &Project) {
+    p.write(
+        "models.toml",
+        &format!("[models.tiny]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"{REPO}\"\n"),
+    );
+}
+
+/// The Authorization header of each request the stand-in hub received since the last call
+/// (`""` when there was none); the log is emptied.
+fn auth_headers(seen: &Mutex<Vec<String>>) -> Vec<String> {
+    std::mem::take(&mut *seen.lock().unwrap())
+        .iter()
+        .map(|l| l.split_once(" auth=").map(|(_, a)| a.to_string()).unwrap())
+        .collect()
+}
+
+#[test]
+fn fetch_sends_hf_token_as_a_bearer_token_and_no_header_without_one() {
+    let (endpoint, seen) = fake_hub(fixture_files());
+    let p = Project::new();
+    tiny_only(&p);
+    let secret = "hf_TestToken0123456789";
+    let fetch_in = |home: &Path, token: Option<&str>| {
+        let mut env = vec![
+            ("HF_HOME", home.to_str().unwrap()),
+            ("HF_ENDPOINT", endpoint.as_str()),
+        ];
+        env.extend(token.map(|t| ("HF_TOKEN", t)));
+        let (code, stdout, stderr) = fetch(&p, &["tiny"], &env);
+        assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "the token was printed:\n{stdout}\n{stderr}"
+        );
+        let auth = auth_headers(&seen);
+        // The listing and every file.
+        assert!(auth.len() > fixture_files().len(), "{auth:?}");
+        auth
+    };
+
+    // HF_TOKEN: every request carries it as a bearer token.
+    let home = tempfile::tempdir().unwrap();
+    let auth = fetch_in(home.path(), Some(secret));
+    assert!(
+        auth.iter().all(|a| *a == format!("Bearer {secret}")),
+        "{auth:?}"
+    );
+
+    // Without a token (no HF_TOKEN, nothing saved under HF_HOME): no Authorization header at all.
+    let home = tempfile::tempdir().unwrap();
+    let auth = fetch_in(home.path(), None);
+    assert!(auth.iter().all(String::is_empty), "{auth:?}");
+
+    // The token `huggingface-cli login` saved ($HF_HOME/token), when HF_TOKEN is not set.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("token"), "hf_SavedByLogin\n").unwrap();
+    let auth = fetch_in(home.path(), None);
+    assert!(
+        auth.iter().all(|a| a == "Bearer hf_SavedByLogin"),
+        "{auth:?}"
+    );
+
+    // Both: HF_TOKEN wins, as in Python's huggingface_hub.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("token"), "hf_SavedByLogin\n").unwrap();
+    let auth = fetch_in(home.path(), Some(secret));
+    assert!(
+        auth.iter().all(|a| *a == format!("Bearer {secret}")),
+        "{auth:?}"
+    );
+}
+
+/// `HF_HUB_CACHE` names the cache folder itself and wins over `HF_HOME` (whose cache is
+/// `$HF_HOME/hub`), for `vlmtest fetch` and for runs.
+#[test]
+fn hf_hub_cache_wins_over_hf_home_for_fetch_and_runs() {
+    let (endpoint, _seen) = fake_hub(fixture_files());
+    let p = Project::new();
+    tiny_only(&p);
+    let cases: Vec<answers::Case> = answers::load("smolvlm/golden_smoke.json")
+        .cases
+        .into_iter()
+        .filter(|c| c.id == "one-image")
+        .collect();
+    answers::copy_images(&p.path("suites"));
+    p.suite("s", &answers::suite("s", &cases));
+    let cache = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (c, h) = (
+        cache.path().to_str().unwrap(),
+        home.path().to_str().unwrap(),
+    );
+
+    let (code, stdout, stderr) = fetch(
+        &p,
+        &["tiny"],
+        &[
+            ("HF_HUB_CACHE", c),
+            ("HF_HOME", h),
+            ("HF_ENDPOINT", endpoint.as_str()),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let snap = cache
+        .path()
+        .join("models--tiny-org--SmolVLM-tiny/snapshots")
+        .join(COMMIT);
+    same_files(&tiny(), &snap);
+    assert!(
+        !home.path().join("hub").exists(),
+        "fetch wrote under HF_HOME"
+    );
+
+    // HF_HOME's cache holds a broken copy of the same repo: a run reading it would fail.
+    let broken = home.path().join("hub/models--tiny-org--SmolVLM-tiny");
+    let other = "ffffffffffffffffffffffffffffffffffffffff";
+    std::fs::create_dir_all(broken.join("refs")).unwrap();
+    std::fs::write(broken.join("refs/main"), other).unwrap();
+    golden::copy_dir(&tiny(), &broken.join("snapshots").join(other), &[]);
+    std::fs::write(
+        broken.join("snapshots").join(other).join("config.json"),
+        "{ not json",
+    )
+    .unwrap();
+
+    let offline = ("HF_HUB_OFFLINE", "1");
+    let run = p.run(&[], &[("HF_HUB_CACHE", c), ("HF_HOME", h), offline]);
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert_eq!(run.outcome("tiny::s::one-image"), "ok");
+    answers::check_report(&p.report(), "tiny", "s", &cases);
+
+    // Without HF_HUB_CACHE the run reads HF_HOME's copy (so the pass above came from HF_HUB_CACHE).
+    let run = p.run(&[], &[("HF_HOME", h), offline]);
+    assert_eq!(run.outcome("tiny::s::one-image"), "FAILED", "{}", run.all());
+    assert!(run.stdout.contains("config.json:1"), "{}", run.all());
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod sync;
 
 use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -341,6 +342,8 @@ impl Project {
             "VLMTEST_GATES",
             "VLMTEST_MALLOC",
             "RUST_LOG",
+            // It would win over the HF_HOME a test sets.
+            "HF_HUB_CACHE",
         ] {
             cmd.env_remove(var);
         }
