@@ -135,6 +135,12 @@ cases:
 
     let r = p.run(&["a-snapshot-only"], &[ci, ("INSTA_FORCE_PASS", "1")]);
     assert_eq!(r.code, Some(0), "{}", r.all());
+    // The record agrees with the trial: passed, with the snapshot's status kept.
+    let c = &p.report()["cases"][0];
+    assert_eq!(c["passed"], true, "{c}");
+    assert_eq!(c["snapshot"]["status"], "changed", "{c}");
+    let junit = std::fs::read_to_string(p.path("target/vlmtest/junit.xml")).unwrap();
+    assert!(!junit.contains("<failure"), "{junit}");
 }
 
 /// vlmtest follows insta: `CI=true` changes only the default (`auto` becomes `no`: nothing is

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Project, Reply, Server};
 
+#[cfg(feature = "candle")]
 /// Waits for `child` at most `limit`; kills it and fails the test when it hangs.
 fn wait_or_kill(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
