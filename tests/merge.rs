@@ -207,3 +207,46 @@ fn bad_inputs_exit_with_status_2() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("nothing-here"), "{stderr}");
 }
+
+#[test]
+fn regressions_are_judged_by_the_merge_over_every_shard() {
+    // A baseline where every case passes.
+    let good = server(true);
+    let p = project(&good);
+    let r = p.run(&[], &[]);
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    let o = Command::new(env!("CARGO_BIN_EXE_vlmtest"))
+        .arg("baseline")
+        .current_dir(p.path(""))
+        .env("CARGO_MANIFEST_DIR", p.path(""))
+        .env_remove("VLMTEST_OUT")
+        .env_remove("VLMTEST_BASELINES")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Now q5 and q6 fail, in different shards: neither shard alone has a significant change,
+    // and the regression trial defers to the merge.
+    let bad = server(false);
+    p.models(&bad, &[("m", "")]);
+    p.suite(
+        "s",
+        &std::fs::read_to_string(p.path("suites/s.yaml"))
+            .unwrap()
+            .replace("min_pass_rate: 0.7", "min_pass_rate: 0.0\n  max_drop: 0.2"),
+    );
+    let a = shard(&p, "a", &["q4", "q5"]);
+    let b = shard(&p, "b", &["q1", "q2", "q3", "q6", "gate", "regression"]);
+    assert_eq!(a.outcome("m::s::regression"), "ignored", "{}", a.all());
+    assert!(a.stdout.contains("regression deferred"), "{}", a.stdout);
+    let _ = b;
+    let out = p.path("merged");
+    let (code, stdout, stderr) = merge(&out, &[&p.path("a"), &p.path("b")]);
+    // Over all six cases the mean score dropped by 2/6 > max_drop 0.2: a regression.
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let r = json(&out.join("report.json"));
+    let c = &r["comparisons"][0];
+    assert_eq!(c["verdict"], "regressed", "{c}");
+    assert_eq!(c["n"], 6);
+    assert_eq!(c["pass_to_fail"], 2);
+    assert!(r.get("missing_trials").is_none(), "{r}");
+}
