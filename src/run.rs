@@ -95,7 +95,10 @@ impl Run {
     pub fn new(plan: Plan, env: Env) -> Run {
         let resident = Arc::new(Semaphore::new(env.max_resident));
         let slots = (0..plan.models.len())
-            .map(|i| ModelSlot::new(plan.model(i).clone(), resident.clone(), &env.out))
+            .map(|i| {
+                ModelSlot::new(plan.model(i).clone(), resident.clone(), &env.out)
+                    .with_fetch(env.fetch)
+            })
             .collect();
         let cells = (0..plan.cases.len()).map(|_| OnceLock::new()).collect();
         let snapshots = Snapshots {

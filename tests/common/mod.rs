@@ -335,10 +335,14 @@ impl Project {
             "VLMTEST_SNAPSHOTS",
             "VLMTEST_REQUIRE_MODELS",
             "VLMTEST_MAX_RESIDENT",
+            "VLMTEST_FETCH",
             "RUST_LOG",
         ] {
             cmd.env_remove(var);
         }
+        // A model missing from the cache is downloaded on first use: no test may reach the real
+        // Hub, so unless a test names its stand-in, the hub is a port nobody listens on.
+        cmd.env("HF_ENDPOINT", "http://127.0.0.1:9");
         for (k, v) in env {
             cmd.env(k, v);
         }
