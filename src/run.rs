@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::backend::{LoadError, LoadStats, Message, ModelSlot, Request, Role, Semaphore, SlotUse};
 use crate::config::Env;
 use crate::plan::{Plan, TrialKind};
-use crate::report::{GateFacts, ImageFacts, ModelFacts, ModelStats, Recorder, RunFacts};
+use crate::report::{
+    CaseFacts, GateFacts, ImageFacts, ModelFacts, ModelStats, Recorder, RunFacts, TurnFacts,
+};
 use crate::score;
 use crate::snapshot::{Meta, SnapshotStatus, Snapshots};
 use crate::verdict::{CaseResult, GateResult, Outcome, SuiteResult, Summary, TurnResult};
@@ -77,6 +79,26 @@ fn run_facts(plan: &Plan) -> RunFacts {
         gates,
         images,
         trials: plan.trials.iter().map(|t| t.name.clone()).collect(),
+        cases: plan
+            .config
+            .suites
+            .iter()
+            .flat_map(|suite| {
+                suite.cases.iter().map(|case| CaseFacts {
+                    suite: suite.name.clone(),
+                    case: case.id.clone(),
+                    turns: case
+                        .turns
+                        .iter()
+                        .map(|t| TurnFacts {
+                            question: t.question.clone(),
+                            images: t.images.iter().map(|i| i.shown.clone()).collect(),
+                            expected: t.rule.as_ref().map(|r| r.to_string()),
+                        })
+                        .collect(),
+                })
+            })
+            .collect(),
     }
 }
 
