@@ -591,7 +591,7 @@ fn fetch_tokenizer(name: &str, c: &crate::config::CandleSpec) -> bool {
         false
     }
     #[cfg(feature = "candle")]
-    match crate::backend::candle::hub::fetch(repo, revision) {
+    match crate::backend::candle::hub::fetch_tokenizer(repo, revision) {
         Ok(dir) => {
             println!("{name} tokenizer: {}", dir.display());
             true

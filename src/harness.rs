@@ -79,6 +79,11 @@ fn planned_ignore(plan: &Plan, kind: TrialKind) -> bool {
 
 /// Runs a plan as libtest trials; writes the reports when anything ran.
 pub fn run_plan(plan: Plan, env: Env, args: &Arguments) -> ExitCode {
+    // Terse dots are printed on an unfinished line and JSON is read by tools: a progress bar
+    // redrawn on the terminal could wipe the former, so both get plain lines on stderr.
+    crate::progress::set_plain(
+        args.quiet || matches!(args.format, Some(f) if f != libtest_mimic::FormatSetting::Pretty),
+    );
     let run = Arc::new(Run::new(plan, env));
     // Trials the plan knows are ignored carry libtest's ignored flag where libtest looks at it
     // (`--list`, `--ignored`: nextest learns them that way); otherwise they run and report

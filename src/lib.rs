@@ -15,6 +15,7 @@ pub mod interrupt;
 pub mod kinds;
 pub mod machine;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod resample;
 pub mod run;

@@ -10,7 +10,9 @@ use crate::backend::{
 use crate::cache::CacheMode;
 use crate::config::{Env, GateMode};
 use crate::plan::{Plan, TrialKind};
-use crate::report::{GateFacts, ImageFacts, ModelFacts, ModelStats, Recorder, RunFacts};
+use crate::report::{
+    CaseFacts, GateFacts, ImageFacts, ModelFacts, ModelStats, Recorder, RunFacts, TurnFacts,
+};
 use crate::score;
 use crate::snapshot::{Meta, SnapshotStatus, Snapshots};
 use crate::verdict::{CaseResult, GateThresholds, Outcome, SuiteResult, TurnResult};
@@ -87,6 +89,26 @@ fn run_facts(plan: &Plan) -> RunFacts {
         images,
         trials: plan.trials.iter().map(|t| t.name.clone()).collect(),
         baselines: (!plan.config.baselines.is_empty()).then(|| plan.config.baselines_dir.clone()),
+        cases: plan
+            .config
+            .suites
+            .iter()
+            .flat_map(|suite| {
+                suite.cases.iter().map(|case| CaseFacts {
+                    suite: suite.name.clone(),
+                    case: case.id.clone(),
+                    turns: case
+                        .turns
+                        .iter()
+                        .map(|t| TurnFacts {
+                            question: t.question.clone(),
+                            images: t.images.iter().map(|i| i.shown.clone()).collect(),
+                            expected: t.rule.as_ref().map(|r| r.to_string()),
+                        })
+                        .collect(),
+                })
+            })
+            .collect(),
     }
 }
 
@@ -110,7 +132,10 @@ impl Run {
     pub fn new(plan: Plan, env: Env) -> Run {
         let resident = Arc::new(Semaphore::new(env.max_resident));
         let slots = (0..plan.models.len())
-            .map(|i| ModelSlot::new(plan.model(i).clone(), resident.clone(), &env.out))
+            .map(|i| {
+                ModelSlot::new(plan.model(i).clone(), resident.clone(), &env.out)
+                    .with_fetch(env.fetch)
+            })
             .collect();
         let cells = (0..plan.cases.len()).map(|_| OnceLock::new()).collect();
         let snapshots = Snapshots {

@@ -124,6 +124,28 @@ fn load(spec: &ModelSpec, out: &Path) -> Result<Arc<dyn Backend>, LoadError> {
     }
 }
 
+/// What must happen before a model is loaded, outside its load time: an in-process model's
+/// missing weights are downloaded on first use (see `candle::hub::first_use`).
+fn prepare(spec: &ModelSpec, fetch: crate::config::Fetch) -> Result<(), LoadError> {
+    match &spec.backend {
+        #[cfg(feature = "candle")]
+        BackendSpec::Candle(c) => candle::hub::first_use(&spec.name, c, fetch),
+        _ => {
+            let _ = fetch;
+            Ok(())
+        }
+    }
+}
+
+/// How "loading MODEL (…)…" describes the load, for the backends whose load takes long.
+fn loading_what(spec: &ModelSpec) -> Option<String> {
+    match &spec.backend {
+        BackendSpec::Candle(c) => Some(format!("in-process, {}, {}", c.dtype, c.device)),
+        BackendSpec::LlamaServer(_) => Some("starting llama-server".into()),
+        BackendSpec::OpenAi(_) => None,
+    }
+}
+
 /// Loads a model, turning a panic inside a loader (a checkpoint whose values break an
 /// assumption of the code) into that model's load error, so that one broken model never takes
 /// the run down or holds a resident-model permit forever.
@@ -251,6 +273,8 @@ pub struct ModelSlot {
     /// Set when the load figures changed since [`ModelSlot::take_changed_stats`] last ran.
     stats_changed: std::sync::atomic::AtomicBool,
     fingerprint: std::sync::OnceLock<fingerprint::Fingerprint>,
+    /// Whether missing weights may be downloaded on first use (`VLMTEST_FETCH`).
+    fetch: crate::config::Fetch,
 }
 
 impl ModelSlot {
@@ -277,7 +301,14 @@ impl ModelSlot {
             stats: Mutex::new(LoadStats::default()),
             stats_changed: std::sync::atomic::AtomicBool::new(false),
             fingerprint: std::sync::OnceLock::new(),
+            fetch: crate::config::Fetch::Auto,
         }
+    }
+
+    /// Sets whether missing weights may be downloaded on first use (default: `auto`).
+    pub fn with_fetch(mut self, fetch: crate::config::Fetch) -> Self {
+        self.fetch = fetch;
+        self
     }
 
     /// Declares how many trials of this run will use the model; it is dropped after the last.
@@ -297,16 +328,24 @@ impl ModelSlot {
             }
             SlotState::Unloaded => {}
         }
-        let resident = self
-            .spec
-            .backend
-            .kind()
-            .in_process()
+        // A download is not load time, and needs no resident-model permit.
+        let prepared = prepare(&self.spec, self.fetch);
+        let resident = (prepared.is_ok() && self.spec.backend.kind().in_process())
             .then(|| self.resident.acquire_owned());
         let before = crate::machine::process_rss();
         let start = Instant::now();
         tracing::info!(model = %self.spec.name, "loading model");
-        let result = load_guarded(self.loader, &self.spec, &self.out);
+        let shown = prepared.is_ok().then(|| loading_what(&self.spec)).flatten();
+        if let Some(how) = &shown {
+            crate::progress::loading(&self.spec.name, how);
+        }
+        let result = prepared.and_then(|()| load_guarded(self.loader, &self.spec, &self.out));
+        if shown.is_some() {
+            let error = result.as_ref().err().map(|e| match e {
+                LoadError::Unavailable(m) | LoadError::Failed(m) => m.as_str(),
+            });
+            crate::progress::loaded(&self.spec.name, start.elapsed(), error);
+        }
         let load_s = start.elapsed().as_secs_f64();
         let after = crate::machine::process_rss();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());

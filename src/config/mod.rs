@@ -38,6 +38,30 @@ pub enum GateMode {
     Defer,
 }
 
+/// `VLMTEST_FETCH`: whether a run may download an in-process model's missing weights into the
+/// Hugging Face cache when the model is first used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Download what is missing (unless `HF_HUB_OFFLINE=1`).
+    Auto,
+    /// Never download: a model that is not cached gets ignored trials.
+    Never,
+}
+
+impl Fetch {
+    /// Reads the variable's value (`None` or empty: the default, `auto`).
+    pub fn parse(value: Option<&str>) -> Result<Fetch, String> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("auto") => Ok(Fetch::Auto),
+            Some("never") => Ok(Fetch::Never),
+            Some(_) => Err(format!(
+                "VLMTEST_FETCH=`{}` is not understood (expected one of: auto, never)",
+                value.unwrap_or_default().trim()
+            )),
+        }
+    }
+}
+
 /// Settings read from the environment (see the README for each variable).
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -59,6 +83,8 @@ pub struct Env {
     pub cache_dir: PathBuf,
     /// `VLMTEST_BASELINES` (default `baselines/` at the crate root).
     pub baselines: PathBuf,
+    /// `VLMTEST_FETCH`.
+    pub fetch: Fetch,
 }
 
 fn truthy(v: &str) -> bool {
@@ -125,12 +151,14 @@ impl Env {
         };
         let cache = crate::cache::CacheMode::parse(&get("VLMTEST_CACHE").unwrap_or_default())
             .map_err(ConfigError::env)?;
+        let fetch = Fetch::parse(get("VLMTEST_FETCH").as_deref()).map_err(ConfigError::env)?;
         Ok(Env {
             cache,
             cache_dir: path("VLMTEST_CACHE_DIR", "recordings"),
             baselines: path("VLMTEST_BASELINES", "baselines"),
             gates,
             malloc,
+            fetch,
             models: path("VLMTEST_MODELS", "models.toml"),
             suites: path("VLMTEST_SUITES", "suites"),
             out: path("VLMTEST_OUT", "target/vlmtest"),

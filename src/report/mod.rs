@@ -74,6 +74,26 @@ pub struct RunFacts {
     /// The folder the models' baselines were read from (`vlmtest merge` compares with them).
     #[serde(default)]
     pub baselines: Option<PathBuf>,
+    /// Every case of the suites as it is asked, for the HTML report to show the question and
+    /// images of a case that was not asked (ignored).
+    #[serde(default)]
+    pub cases: Vec<CaseFacts>,
+}
+
+/// A case of a suite: what each turn asks, shows and expects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseFacts {
+    pub suite: String,
+    pub case: String,
+    pub turns: Vec<TurnFacts>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TurnFacts {
+    pub question: String,
+    /// The images as the suite names them.
+    pub images: Vec<String>,
+    pub expected: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -374,7 +394,7 @@ impl Report {
             ("report.json", to_json(self)),
             ("report.md", markdown::render(self)),
             ("junit.xml", junit::render(self)),
-            ("report.html", html::render(self, &facts.images)),
+            ("report.html", html::render(self, facts)),
         ]
     }
 }

@@ -341,12 +341,16 @@ impl Project {
             "VLMTEST_BASELINES",
             "VLMTEST_GATES",
             "VLMTEST_MALLOC",
+            "VLMTEST_FETCH",
             "RUST_LOG",
             // It would win over the HF_HOME a test sets.
             "HF_HUB_CACHE",
         ] {
             cmd.env_remove(var);
         }
+        // A model missing from the cache is downloaded on first use: no test may reach the real
+        // Hub, so unless a test names its stand-in, the hub is a port nobody listens on.
+        cmd.env("HF_ENDPOINT", "http://127.0.0.1:9");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,10 +1,13 @@
 //! Model files in the standard Hugging Face cache, shared with Python tools:
 //! `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`, holding
 //! `models--{org}--{name}/{refs,snapshots,blobs}`. Finding files never touches the network;
-//! `vlmtest fetch` downloads them (hf-hub), honouring `HF_ENDPOINT`, `HF_TOKEN` and
-//! `HF_HUB_OFFLINE`.
+//! `vlmtest fetch`, and a run on a model's first use ([`first_use`]), download them (hf-hub),
+//! honouring `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE` and `VLMTEST_FETCH`.
 
 use std::path::{Path, PathBuf};
+
+use crate::backend::LoadError;
+use crate::config::{CandleSpec, Fetch, ModelSource};
 
 /// The cache folder.
 pub fn cache_dir() -> PathBuf {
@@ -140,19 +143,12 @@ pub fn wanted(file: &str) -> bool {
         || file == "tokenizer.model"
 }
 
-/// Downloads `repo` at `revision` into the cache, with a progress bar per file; returns the
-/// snapshot folder.
-pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf, String> {
-    if offline() {
-        return Err(format!(
-            "HF_HUB_OFFLINE is set: not downloading {repo}@{revision} (unset it to fetch)"
-        ));
-    }
-    let cache = cache_dir();
-    let token = std::env::var("HF_TOKEN")
+/// The token sent to the hub: `HF_TOKEN`, else the one `huggingface-cli login` saved.
+fn token(cache: &Path) -> Option<String> {
+    std::env::var("HF_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
-        .or_else(|| hf_hub::Cache::new(cache.clone()).token())
+        .or_else(|| hf_hub::Cache::new(cache.to_path_buf()).token())
         .or_else(|| {
             // huggingface_hub keeps the token at $HF_HOME/token, beside hub/.
             cache
@@ -160,18 +156,208 @@ pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf, String> {
                 .and_then(|p| std::fs::read_to_string(p.join("token")).ok())
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
-        });
+        })
+}
+
+/// Downloads `repo` at `revision` into the cache (`vlmtest fetch`), showing each file's
+/// progress on stderr; returns the snapshot folder.
+pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf, String> {
+    fetch_checked(repo, revision, snapshot_in)
+}
+
+/// As [`fetch`], for a repo that holds only a tokenizer (`tokenizer_repo`).
+pub fn fetch_tokenizer(repo: &str, revision: &str) -> Result<PathBuf, String> {
+    fetch_checked(repo, revision, tokenizer_snapshot_in)
+}
+
+/// How a downloaded repo is checked before it is used.
+type Check = fn(&Path, &str, &str) -> Result<PathBuf, Missing>;
+
+/// The snapshot folder of a tokenizer-only repo that holds a `tokenizer.json`.
+fn tokenizer_snapshot_in(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, Missing> {
+    tokenizer_in(cache, repo, revision).map(|f| f.parent().map(Path::to_path_buf).unwrap_or(f))
+}
+
+fn fetch_checked(repo: &str, revision: &str, check: Check) -> Result<PathBuf, String> {
+    if offline() {
+        return Err(format!(
+            "HF_HUB_OFFLINE is set: not downloading {repo}@{revision} (unset it to fetch)"
+        ));
+    }
+    let cache = cache_dir();
+    let _one = one_download_at_a_time(&cache, repo)?;
+    download(&cache, repo, revision, check)
+}
+
+/// Makes sure an in-process model's files are in the cache before it is loaded: on its first
+/// use in a run, files that are missing are downloaded, unless `HF_HUB_OFFLINE=1` or
+/// `VLMTEST_FETCH=never` forbid it. A model that is still not there is unavailable (its trials
+/// are ignored with the reason, or fail under `VLMTEST_REQUIRE_MODELS=1`).
+///
+/// Downloads happen one at a time per process, and a process that finds another one (a
+/// cargo-nextest sibling, `vlmtest fetch`) downloading the same repo waits for it and then uses
+/// its files: a model is downloaded once however many trials and processes want it first.
+pub fn first_use(name: &str, spec: &CandleSpec, policy: Fetch) -> Result<(), LoadError> {
+    if let ModelSource::Hub { repo, revision } = &spec.source {
+        ensure(name, repo, revision, policy, snapshot_in)?;
+    }
+    // A tokenizer that lives in a repo of its own (Moondream2's 2025 layout).
+    if let Some(crate::config::TokenizerSource::Hub { repo, revision }) = &spec.tokenizer {
+        ensure(name, repo, revision, policy, tokenizer_snapshot_in)?;
+    }
+    Ok(())
+}
+
+/// Makes sure `repo` at `revision` is in the cache (as `cached` checks it), downloading it when
+/// the policy allows.
+fn ensure(
+    name: &str,
+    repo: &str,
+    revision: &str,
+    policy: Fetch,
+    check: Check,
+) -> Result<(), LoadError> {
+    let cached = |r: &str, v: &str| check(&cache_dir(), r, v);
+    let why = match cached(repo, revision) {
+        Ok(_) => return Ok(()),
+        Err(Missing::Broken(why)) => return Err(LoadError::Failed(why)),
+        Err(Missing::NotCached(why)) => why,
+    };
+    let fetch_it = format!(
+        "fetch it with `vlmtest fetch {name}` (or set VLMTEST_REQUIRE_MODELS=1 to make this a failure)"
+    );
+    if offline() {
+        return Err(LoadError::Unavailable(format!(
+            "{why}; HF_HUB_OFFLINE=1 forbids downloading it on first use: unset it, or {fetch_it}"
+        )));
+    }
+    if policy == Fetch::Never {
+        return Err(LoadError::Unavailable(format!(
+            "{why}; VLMTEST_FETCH=never forbids downloading it on first use: {fetch_it}"
+        )));
+    }
+    let cache = cache_dir();
+    let _one = one_download_at_a_time(&cache, repo)
+        .map_err(|e| LoadError::Unavailable(format!("{why}; {e}; {fetch_it}")))?;
+    // Whoever held the lock before may have brought the files.
+    if cached(repo, revision).is_ok() {
+        return Ok(());
+    }
+    crate::progress::note(format_args!(
+        "model `{name}`: {repo}@{revision} is not in the Hugging Face cache yet: downloading it (HF_HUB_OFFLINE=1 or VLMTEST_FETCH=never to prevent this)"
+    ));
+    match download(&cache, repo, revision, check) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(LoadError::Unavailable(format!(
+            "{why}, and downloading it failed: {e}; {fetch_it}"
+        ))),
+    }
+}
+
+/// Held while this process downloads a repo: no other download of this process runs (their
+/// progress would share one line), and no other process downloads the same repo.
+struct DownloadGuard {
+    _thread: std::sync::MutexGuard<'static, ()>,
+    _file: std::fs::File,
+}
+
+static DOWNLOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the process's download turn, then the repo's lock file in the cache
+/// (`.locks/models--{org}--{name}/vlmtest.lock`, beside huggingface_hub's own locks), waiting
+/// for whoever holds them.
+fn one_download_at_a_time(cache: &Path, repo: &str) -> Result<DownloadGuard, String> {
+    let thread = DOWNLOADING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = cache
+        .join(".locks")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    let path = dir.join("vlmtest.lock");
+    let file = std::fs::create_dir_all(&dir)
+        .and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        })
+        .map_err(|e| format!("cannot create the lock file {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor this function owns; the lock goes with the file.
+        let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !free {
+            crate::progress::note(format_args!(
+                "another process is downloading {repo}: waiting for it to finish"
+            ));
+            // SAFETY: as above; blocks until the other process is done (or dies).
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(format!(
+                    "cannot lock {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+    }
+    Ok(DownloadGuard {
+        _thread: thread,
+        _file: file,
+    })
+}
+
+/// A file's download as hf-hub reports it, shown by [`crate::progress::Transfer`].
+struct FileProgress<'a> {
+    label: String,
+    transfer: Option<crate::progress::Transfer>,
+    /// Bytes of every file so far.
+    total: &'a mut u64,
+}
+
+impl hf_hub::api::Progress for FileProgress<'_> {
+    fn init(&mut self, size: usize, _: &str) {
+        // hf-hub announces each file twice (before it opens the temporary file and when the
+        // body starts); a resumed download then reports the bytes it already had.
+        match &mut self.transfer {
+            Some(t) => {
+                t.set_total(size as u64);
+                t.set_done(0);
+            }
+            None => {
+                self.transfer = Some(crate::progress::Transfer::new(
+                    self.label.clone(),
+                    size as u64,
+                ))
+            }
+        }
+    }
+
+    fn update(&mut self, n: usize) {
+        if let Some(t) = &mut self.transfer {
+            t.advance(n as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(t) = self.transfer.take() {
+            *self.total += t.done();
+            t.finish();
+        }
+    }
+}
+
+/// Downloads the files of `repo` at `revision` that the cache lacks; returns the snapshot.
+fn download(cache: &Path, repo: &str, revision: &str, check: Check) -> Result<PathBuf, String> {
     let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_cache_dir(cache.clone())
-        .with_token(token)
-        .with_progress(true)
+        .with_cache_dir(cache.to_path_buf())
+        .with_token(token(cache))
+        .with_progress(false)
+        .with_retries(3)
         .build()
         .map_err(|e| format!("cannot set up the Hugging Face client: {e}"))?;
-    let handle = api.repo(hf_hub::Repo::with_revision(
-        repo.to_string(),
-        hf_hub::RepoType::Model,
-        revision.to_string(),
-    ));
+    let hub_repo =
+        hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.into());
+    let handle = api.repo(hub_repo.clone());
     let info = handle
         .info()
         .map_err(|e| format!("cannot list {repo}@{revision}: {e}"))?;
@@ -187,25 +373,48 @@ pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf, String> {
             "{repo}@{revision} has no config, tokenizer or safetensors files"
         ));
     }
-    let mut last = None;
-    for f in &files {
-        let p = handle
-            .get(f)
+    let cached = hf_hub::Cache::new(cache.to_path_buf()).repo(hub_repo);
+    let missing: Vec<&String> = files.iter().filter(|f| cached.get(f).is_none()).collect();
+    let start = std::time::Instant::now();
+    let mut bytes = 0u64;
+    if !missing.is_empty() {
+        crate::progress::note(format_args!(
+            "downloading {repo}@{revision} into {}: {} file{}",
+            cache.display(),
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" }
+        ));
+    }
+    for (i, f) in missing.iter().enumerate() {
+        let progress = FileProgress {
+            label: format!("[{}/{}] {f}", i + 1, missing.len()),
+            transfer: None,
+            total: &mut bytes,
+        };
+        handle
+            .download_with_progress(f, progress)
             .map_err(|e| format!("cannot download {f} of {repo}@{revision}: {e}"))?;
-        last = Some(p);
+    }
+    if !missing.is_empty() {
+        crate::progress::note(format_args!(
+            "downloaded {repo}@{revision}: {} in {}",
+            crate::progress::bytes(bytes),
+            crate::progress::seconds(start.elapsed())
+        ));
     }
     if !is_commit(revision) {
         // hf-hub records the ref; make sure it is there for the lookup above.
-        let r = repo_folder(&cache, repo).join("refs").join(revision);
+        let r = repo_folder(cache, repo).join("refs").join(revision);
         if !r.is_file() {
             let _ = std::fs::create_dir_all(r.parent().unwrap_or(Path::new(".")));
             let _ = std::fs::write(&r, &info.sha);
         }
     }
-    let snap = last
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .ok_or_else(|| format!("{repo}@{revision}: nothing downloaded"))?;
-    Ok(snap)
+    check(cache, repo, revision).map_err(|e| match e {
+        Missing::NotCached(why) | Missing::Broken(why) => {
+            format!("downloaded {repo}@{revision}, but it cannot be used: {why}")
+        }
+    })
 }
 
 #[cfg(test)]
