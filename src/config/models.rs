@@ -107,6 +107,10 @@ pub struct LlamaServerSpec {
     pub startup_timeout: Duration,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// llama-server's `cache_prompt`, sent with every request: reuse the KV cache of an earlier
+    /// request with the same prefix. Off for temperature-0 models unless models.toml turns it on
+    /// (it can change answers); on otherwise, as llama-server's default.
+    pub cache_prompt: bool,
 }
 
 /// An OpenAI-compatible chat/completions server.
@@ -170,6 +174,7 @@ impl BackendKind {
                 "startup_timeout_s",
                 "timeout_s",
                 "concurrency",
+                "cache_prompt",
             ],
         }
     }
@@ -222,6 +227,8 @@ struct RawModel {
     args: Option<Vec<String>>,
     port: Option<u16>,
     startup_timeout_s: Option<f64>,
+    /// Any value, checked below, so that a wrong type is reported at its own line.
+    cache_prompt: Option<toml::Value>,
     // candle
     arch: Option<String>,
     repo: Option<String>,
@@ -234,7 +241,7 @@ struct RawModel {
 impl RawModel {
     /// The keys present in the table, by name.
     fn present(&self) -> Vec<&'static str> {
-        let pairs: [(&str, bool); 25] = [
+        let pairs: [(&str, bool); 26] = [
             ("base_url", self.base_url.is_some()),
             ("model", self.model.is_some()),
             ("api_key_env", self.api_key_env.is_some()),
@@ -246,6 +253,7 @@ impl RawModel {
             ("args", self.args.is_some()),
             ("port", self.port.is_some()),
             ("startup_timeout_s", self.startup_timeout_s.is_some()),
+            ("cache_prompt", self.cache_prompt.is_some()),
             ("arch", self.arch.is_some()),
             ("repo", self.repo.is_some()),
             ("revision", self.revision.is_some()),
@@ -546,6 +554,17 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                         "`binary` is empty (expected a program name on PATH or a path)".into(),
                     ));
                 }
+                let cache_prompt = match &m.cache_prompt {
+                    None => None,
+                    Some(toml::Value::Boolean(b)) => Some(*b),
+                    Some(other) => {
+                        errors.push(err(
+                            at("cache_prompt"),
+                            format!("`cache_prompt` must be true or false, got {other}"),
+                        ));
+                        None
+                    }
+                };
                 let reserved = ["--port", "--host"];
                 if let Some(a) = m
                     .args
@@ -564,6 +583,7 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                         startup_timeout: Duration::from_secs_f64(startup.clamp(0.001, 1e7)),
                         timeout: Duration::from_secs_f64(timeout_s.clamp(0.001, 1e7)),
                         concurrency: concurrency.max(1),
+                        cache_prompt: cache_prompt.unwrap_or(temperature != 0.0),
                     })
                 })
             }
