@@ -16,6 +16,10 @@
 //!   resident memory peaks during requests); with `FAKE_ALLOC_AT=K` only while answering its
 //!   K-th chat request (from 0).
 //!
+//! Like the real server, it exits at once on SIGTERM or SIGINT when no request is in flight; with
+//! one in flight, the first signal lets it finish its work on it (the stand-in then exits without
+//! answering) and a second one exits at once ("Received second interrupt, terminating immediately").
+//!
 //! Like the real server built without ffmpeg, it answers HTTP 400 "Failed to load image or audio
 //! file" to an image whose bytes are not PNG, JPEG, GIF or BMP (it reads the bytes, not the MIME
 //! type of the `data:` URL).
@@ -36,7 +40,34 @@ fn env_u64(k: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Chat requests being answered, and SIGTERM/SIGINT received, for the signal handler.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    let n = SIGNALS.fetch_add(1, Ordering::SeqCst);
+    if n == 0 && IN_FLIGHT.load(Ordering::SeqCst) > 0 {
+        return; // the request in flight is answered first
+    }
+    if n > 0 {
+        let msg = b"Received second interrupt, terminating immediately.\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(1);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
+}
+
 fn main() {
+    // SAFETY: installs a handler that only touches atomics and async-signal-safe calls.
+    unsafe {
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGINT, handler);
+    }
     let argv: Vec<String> = std::env::args().collect();
     let flag = |name: &str| {
         argv.iter()
@@ -120,7 +151,12 @@ fn main() {
                         eprintln!("GGML_ASSERT failed: simulated crash");
                         std::process::exit(3);
                     }
+                    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(delay);
+                    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+                    if SIGNALS.load(Ordering::SeqCst) > 0 {
+                        std::process::exit(0); // asked to stop while answering
+                    }
                     if let Some(why) = unreadable_image(body) {
                         eprintln!("srv  process_chun: {why}");
                         return (

@@ -39,29 +39,54 @@ fn install_signal_handler() {
     HANDLER.call_once(|| {
         crate::interrupt::on_interrupt(crate::interrupt::STOP_SERVERS, || {
             let groups: Vec<i32> = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
-            for g in &groups {
-                signal_group(*g, libc::SIGTERM);
-            }
             // A server that has exited stays a zombie, and its group alive, until it is reaped:
             // reap the group leaders (the servers) as they go, so the wait ends when they do.
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline
-                && groups.iter().any(|g| {
-                    reap(*g);
-                    group_alive(*g)
-                })
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            for g in &groups {
-                signal_group(*g, libc::SIGKILL);
-            }
+            terminate(&groups, Duration::from_secs(3), |g| {
+                reap(g);
+                !group_alive(g)
+            });
             eprintln!(
                 "vlmtest: interrupted; stopped {} llama-server process(es)",
                 groups.len()
             );
         });
     });
+}
+
+/// When a server still running after SIGTERM gets a second one.
+const SECOND_SIGTERM_AFTER: Duration = Duration::from_millis(200);
+
+/// Stops process groups: SIGTERM; a second SIGTERM after [`SECOND_SIGTERM_AFTER`] to those
+/// still there; SIGKILL to what is left after `grace`. llama-server exits at once on SIGTERM when
+/// idle, but with a request in flight it goes on generating it; a second SIGTERM (or SIGINT)
+/// makes it exit at once ("Received second interrupt, terminating immediately"). `gone` says
+/// whether a group has finished (and reaps it).
+fn terminate(groups: &[i32], grace: Duration, mut gone: impl FnMut(i32) -> bool) {
+    for g in groups {
+        signal_group(*g, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    let mut second = false;
+    loop {
+        let left: Vec<i32> = groups.iter().copied().filter(|g| !gone(*g)).collect();
+        if left.is_empty() {
+            return;
+        }
+        let waited = start.elapsed();
+        if waited >= grace {
+            for g in left {
+                signal_group(g, libc::SIGKILL);
+            }
+            return;
+        }
+        if !second && waited >= SECOND_SIGTERM_AFTER {
+            second = true;
+            for g in &left {
+                signal_group(*g, libc::SIGTERM);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn signal_group(pgid: i32, sig: i32) {
@@ -426,17 +451,12 @@ impl LlamaServer {
     }
 }
 
-/// SIGTERM to the server's group, then SIGKILL if it has not gone within 5 s.
+/// Stops the server's group ([`terminate`]), with SIGKILL if it has not gone within 5 s.
 fn stop_child(child: &mut Child) {
     let pgid = child.id() as i32;
-    signal_group(pgid, libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    terminate(&[pgid], Duration::from_secs(5), |g| {
+        matches!(child.try_wait(), Ok(Some(_))) && !group_alive(g)
+    });
     signal_group(pgid, libc::SIGKILL);
     let _ = child.kill();
     let _ = child.wait();
