@@ -1,5 +1,10 @@
 //! The managed llama-server backend, against a real stand-in process
-//! (`examples/fake_llama_server.rs`) that takes llama-server's flags and behaves like it.
+//! (`examples/fake_llama_server.rs`) that takes llama-server's flags and behaves like it, for
+//! the faults a real server cannot be made to produce on demand. `tests/llama_server_real.rs`
+//! runs a real llama-server.
+//!
+//! No test here waits for a fixed time: they wait for events (a file the stand-in writes when a
+//! request arrives, a process that exits), with deadlines only as guards against a hang.
 
 mod common;
 
@@ -11,22 +16,45 @@ use common::{Project, Server};
 
 const SUITE: &str = "cases:\n  - { id: a, question: capital?, expect: { contains: Paris }, snapshot: false }\n  - { id: b, question: capital again?, expect: { contains: Paris }, snapshot: false }\n  - { id: c, question: and again?, expect: { contains: Paris }, snapshot: false }\n";
 
-/// The stand-in binary, built on demand (`cargo test` builds examples; a lone
-/// `cargo test --test llama_server` may not have).
+/// The stand-in binary, built (or found up to date) once per test process: `cargo test` builds
+/// examples, but a lone `cargo test --test llama_server` does not, and would otherwise run a
+/// stale one.
 fn fake_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join("fake_llama_server");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "fake_llama_server"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let dir = exe.parent().unwrap().parent().unwrap();
+            let bin = dir.join("examples").join("fake_llama_server");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build
+                .args(["build", "--example", "fake_llama_server"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            // Cargo gives this test the package's CARGO_PKG_*, CARGO_MANIFEST_* … variables.
+            // Build scripts that watch them (ring's does) would see them changed and rebuild
+            // half the dependency tree, twice per test run.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                let set_by_cargo = [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                ]
+                .iter()
+                .any(|p| k.starts_with(p))
+                    || ["CARGO_TARGET_TMPDIR", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&&*k);
+                if set_by_cargo {
+                    build.env_remove(&*k);
+                }
+            }
+            let status = build.status().unwrap();
+            assert!(status.success(), "cannot build the stand-in llama-server");
+            assert!(bin.exists(), "{} was not built", bin.display());
+            bin
+        })
+        .clone()
 }
 
 fn alive(pid: i32) -> bool {
@@ -43,6 +71,36 @@ fn pids(state: &Path) -> Vec<i32> {
         .collect();
     v.sort();
     v
+}
+
+/// The chat request bodies the stand-ins of `state` received, in order of arrival per process.
+fn requests(state: &Path) -> Vec<serde_json::Value> {
+    let mut names: Vec<(i32, usize, PathBuf)> = std::fs::read_dir(state)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let (pid, n) = name
+                .strip_prefix("request-")?
+                .strip_suffix(".json")?
+                .split_once('-')?;
+            Some((pid.parse().ok()?, n.parse().ok()?, e.path()))
+        })
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|(_, _, p)| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// Waits until `ready` holds; panics after `guard` (only a guard against a hang).
+fn wait_for(what: &str, guard: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + guard;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn argv(state: &Path, pid: i32) -> Vec<String> {
@@ -281,14 +339,14 @@ fn a_server_that_never_gets_ready_is_stopped_after_the_startup_timeout() {
         .replace("startup_timeout_s = 20", "startup_timeout_s = 1");
     p.write("models.toml", &models);
     let s = state_env(&state);
-    let start = Instant::now();
+    // The stand-in would be ready after 1000 s: a failure saying "not ready after 1 s" is the
+    // timeout at work (no wall-clock margin needed).
     let r = p.run(
         &["--test-threads", "1"],
-        &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "100000")],
+        &[("FAKE_STATE_DIR", &s), ("FAKE_LOAD_MS", "1000000")],
     );
     assert_eq!(r.outcome("g::s::a"), "FAILED");
     assert!(r.stdout.contains("was not ready after 1 s"), "{}", r.stdout);
-    assert!(start.elapsed() < Duration::from_secs(15));
     assert!(pids(&state).iter().all(|p| !alive(*p)));
 }
 
@@ -311,25 +369,31 @@ fn sigint_to_the_process_group_stops_the_server() {
         cmd.process_group(0); // the harness leads a group of its own, like a shell job
     }
     let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while pids(&state).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The stand-in writes the request's body the moment it arrives: a request is in flight.
+    wait_for("a request in flight", Duration::from_secs(60), || {
+        !requests(&state).is_empty()
+    });
     let server = *pids(&state).first().expect("the server started");
-    std::thread::sleep(Duration::from_millis(500)); // a request is in flight
     // SAFETY: signals the harness's process group, as Ctrl-C in a terminal does.
     unsafe {
         libc::kill(-(child.id() as i32), libc::SIGINT);
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the harness did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(130));
+    let interrupted = Instant::now();
+    let mut status = None;
+    wait_for("the harness to stop", Duration::from_secs(15), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let took = interrupted.elapsed();
+    assert_eq!(status.unwrap().code(), Some(130));
+    eprintln!("Ctrl-C to exit: {took:?}");
+    // The harness must not sit out its 3 s grace period: it did while the exited server stayed
+    // an unreaped zombie, and while a server answering a request (which, like llama-server,
+    // finishes it on the first SIGTERM) waited for its SIGKILL instead of a second SIGTERM.
+    assert!(
+        took < Duration::from_secs(1),
+        "a Ctrl-C'd run took {took:?} to exit"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(server) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -341,6 +405,171 @@ fn sigint_to_the_process_group_stops_the_server() {
         err.contains("interrupted; stopped 1 llama-server process(es)"),
         "{err}"
     );
+}
+
+/// The pixels of a `data:` URL's image, and its MIME type.
+fn data_url_image(url: &str) -> (String, image::RgbaImage) {
+    use base64::Engine;
+    let (head, b64) = url.split_once(";base64,").expect("a base64 data URL");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let mime = head.strip_prefix("data:").unwrap().to_string();
+    (mime, image::load_from_memory(&bytes).unwrap().to_rgba8())
+}
+
+/// The image URLs of a request body, in order.
+fn image_urls(body: &serde_json::Value) -> Vec<String> {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter_map(|part| part["image_url"]["url"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn webp_images_reach_llama_server_as_png_of_the_same_pixels() {
+    let (p, state) = project("");
+    // A lossless WebP of the bundled horse: its pixels are the PNG's.
+    let horse = image::open(p.path("suites/images/horse.png"))
+        .unwrap()
+        .to_rgba8();
+    let mut webp = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+        .encode(
+            horse.as_raw(),
+            horse.width(),
+            horse.height(),
+            image::ExtendedColorType::Rgba8,
+        )
+        .unwrap();
+    std::fs::write(p.path("suites/images/horse.webp"), &webp).unwrap();
+    p.suite(
+        "s",
+        "cases:\n  - { id: webp, image: images/horse.webp, question: capital?, expect: { contains: Paris }, snapshot: false }\n  - { id: png, image: images/horse.png, question: capital?, expect: { contains: Paris }, snapshot: false }\n",
+    );
+    // The same suite on a plain OpenAI server, which declares no formats: WebP goes as it is.
+    let server = Server::answering(&[("capital", "Paris")]);
+    let models = std::fs::read_to_string(p.path("models.toml")).unwrap();
+    p.write(
+        "models.toml",
+        &format!(
+            "{models}\n[models.other]\nbackend = \"openai\"\nbase_url = \"{}\"\nmodel = \"x\"\n",
+            server.base_url()
+        ),
+    );
+    let r = p.run(
+        &["--test-threads", "1"],
+        &[
+            ("FAKE_STATE_DIR", &state_env(&state)),
+            ("FAKE_LOAD_MS", "0"),
+        ],
+    );
+    // The stand-in, like llama-server without ffmpeg, answers 400 to WebP bytes.
+    assert_eq!(r.outcome("g::s::webp"), "ok", "{}", r.all());
+    assert_eq!(r.outcome("g::s::png"), "ok", "{}", r.all());
+    let bodies = requests(&state);
+    assert_eq!(bodies.len(), 2);
+    for body in &bodies {
+        let urls = image_urls(body);
+        assert_eq!(urls.len(), 1);
+        let (mime, pixels) = data_url_image(&urls[0]);
+        assert_eq!(mime, "image/png");
+        assert_eq!(pixels, horse, "the pixels sent are the image's");
+    }
+    let png = std::fs::read(p.path("suites/images/horse.png")).unwrap();
+    let sent_png = image_urls(&bodies[1]).remove(0);
+    use base64::Engine;
+    assert_eq!(
+        sent_png,
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png)
+        ),
+        "a PNG is sent as its file, not re-encoded"
+    );
+    let other = server.chats();
+    let webp_sent = other
+        .iter()
+        .flat_map(|s| image_urls(&s.body))
+        .find(|u| u.starts_with("data:image/webp;"));
+    assert!(
+        webp_sent.is_some(),
+        "the openai backend sends WebP as it is"
+    );
+}
+
+#[test]
+fn cache_prompt_is_off_for_greedy_models_unless_models_toml_turns_it_on() {
+    for (extra, expected) in [
+        ("", false),
+        ("cache_prompt = true", true),
+        ("temperature = 0.7\nseed = 1", true),
+        ("temperature = 0.7\nseed = 1\ncache_prompt = false", false),
+    ] {
+        let (p, state) = project(extra);
+        let r = p.run(
+            &["--test-threads", "1"],
+            &[
+                ("FAKE_STATE_DIR", &state_env(&state)),
+                ("FAKE_LOAD_MS", "0"),
+            ],
+        );
+        assert_eq!(r.code, Some(0), "{extra}: {}", r.all());
+        let bodies = requests(&state);
+        assert_eq!(bodies.len(), 3, "{extra}");
+        for b in &bodies {
+            assert_eq!(b["cache_prompt"], expected, "{extra:?}: {b}");
+        }
+    }
+}
+
+#[test]
+fn cache_prompt_is_checked_in_models_toml() {
+    let p = Project::new();
+    p.suite("s", SUITE).write(
+        "models.toml",
+        "[models.g]\nbackend = \"llama-server\"\nhf = \"a/b\"\ncache_prompt = \"no\"\n\n[models.o]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\ncache_prompt = true\n",
+    );
+    let r = p.run(&["--list"], &[]);
+    assert_eq!(r.code, Some(2), "{}", r.all());
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    for needle in [
+        "models.toml:4: `cache_prompt` must be true or false, got \"no\"",
+        "models.toml:10: key `cache_prompt` does not apply to backend `openai`",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "missing {needle:?} in:\n{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn the_reported_memory_is_the_servers_peak_not_its_size_after_loading() {
+    let (p, state) = project("");
+    // The last answer touches 96 MB and frees it: the server's resident memory right after
+    // loading and between requests is a few MB; its peak is above 96 MB. The peak comes after
+    // the memory sample taken after the first answer (samples are 200 ms apart), so only the
+    // reading taken when the server is stopped sees it.
+    let r = p.run(
+        &["--test-threads", "1"],
+        &[
+            ("FAKE_STATE_DIR", &state_env(&state)),
+            ("FAKE_LOAD_MS", "0"),
+            ("FAKE_ALLOC_MB", "96"),
+            ("FAKE_ALLOC_AT", "2"),
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    let report = p.report();
+    let bytes = report["models"][0]["external_memory_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(bytes >= 96 << 20, "reported {bytes} bytes");
 }
 
 /// A real llama-server and GGUF model, when this machine has them:

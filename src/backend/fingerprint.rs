@@ -46,6 +46,9 @@ pub fn of(spec: &ModelSpec) -> Fingerprint {
         BackendSpec::LlamaServer(l) => {
             settings.insert("args".into(), l.args.join(" "));
             settings.insert("binary".into(), l.binary.clone());
+            for (key, value) in l.fingerprint() {
+                settings.insert(key.into(), value);
+            }
             match &l.source {
                 GgufSource::Hf(repo) => format!("hf-gguf:{repo}"),
                 GgufSource::Files { model, mmproj } => {

@@ -3,15 +3,29 @@
 //! stops it when the model's last trial ends, when the run ends, on a panic, and on Ctrl-C or
 //! SIGTERM. The server runs in a process group of its own (and, on Linux, dies with vlmtest
 //! even if vlmtest is killed), so stopping it never leaves a child behind.
+//!
+//! What vlmtest changes in the requests it sends llama-server (see [`LlamaServerSpec::fingerprint`]):
+//! - images in formats llama-server cannot decode without ffmpeg (WebP) are sent as PNG of the
+//!   same pixels ([`super::image_formats`]);
+//! - `cache_prompt` is always sent: `false` for temperature-0 models unless models.toml says
+//!   `cache_prompt = true`, because reusing the KV cache of an earlier request can change a
+//!   greedy answer (llama.cpp's server README says so), and snapshots need the answer a fresh
+//!   request gets.
+//!
+//! Its memory in the report is the server's peak resident memory (VmHWM on Linux), read after
+//! every answer and once more just before the server is stopped, so that a run shorter than the
+//! sampling interval still reports the peak rather than the memory right after loading.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+use super::image_formats::{self, ImageFormats};
 use super::openai::OpenAi;
 use super::{Backend, BackendError, Generation, LoadError, Request};
 use crate::config::{GgufSource, LlamaServerSpec, OpenAiSpec};
@@ -25,22 +39,54 @@ fn install_signal_handler() {
     HANDLER.call_once(|| {
         crate::interrupt::on_interrupt(crate::interrupt::STOP_SERVERS, || {
             let groups: Vec<i32> = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
-            for g in &groups {
-                signal_group(*g, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline && groups.iter().any(|g| group_alive(*g)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            for g in &groups {
-                signal_group(*g, libc::SIGKILL);
-            }
+            // A server that has exited stays a zombie, and its group alive, until it is reaped:
+            // reap the group leaders (the servers) as they go, so the wait ends when they do.
+            terminate(&groups, Duration::from_secs(3), |g| {
+                reap(g);
+                !group_alive(g)
+            });
             eprintln!(
                 "vlmtest: interrupted; stopped {} llama-server process(es)",
                 groups.len()
             );
         });
     });
+}
+
+/// When a server still running after SIGTERM gets a second one.
+const SECOND_SIGTERM_AFTER: Duration = Duration::from_millis(200);
+
+/// Stops process groups: SIGTERM; a second SIGTERM after [`SECOND_SIGTERM_AFTER`] to those
+/// still there; SIGKILL to what is left after `grace`. llama-server exits at once on SIGTERM when
+/// idle, but with a request in flight it goes on generating it; a second SIGTERM (or SIGINT)
+/// makes it exit at once ("Received second interrupt, terminating immediately"). `gone` says
+/// whether a group has finished (and reaps it).
+fn terminate(groups: &[i32], grace: Duration, mut gone: impl FnMut(i32) -> bool) {
+    for g in groups {
+        signal_group(*g, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    let mut second = false;
+    loop {
+        let left: Vec<i32> = groups.iter().copied().filter(|g| !gone(*g)).collect();
+        if left.is_empty() {
+            return;
+        }
+        let waited = start.elapsed();
+        if waited >= grace {
+            for g in left {
+                signal_group(g, libc::SIGKILL);
+            }
+            return;
+        }
+        if !second && waited >= SECOND_SIGTERM_AFTER {
+            second = true;
+            for g in &left {
+                signal_group(*g, libc::SIGTERM);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn signal_group(pgid: i32, sig: i32) {
@@ -50,6 +96,33 @@ fn signal_group(pgid: i32, sig: i32) {
             libc::kill(-pgid, sig);
         }
     }
+}
+
+/// Collects the exit status of our child `pid` if it has exited; never blocks.
+fn reap(pid: i32) {
+    if pid > 0 {
+        // SAFETY: waitpid with WNOHANG on one of our children; the status is not kept.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+        }
+    }
+}
+
+/// The peak resident memory of a running process: VmHWM from /proc/PID/status on Linux (gone
+/// once the process has exited), else its resident memory now.
+fn peak_memory(pid: u32) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        return vm_hwm(&status);
+    }
+    crate::machine::pid_memory(sysinfo::Pid::from_u32(pid))
+}
+
+/// `VmHWM:   45280 kB` in a /proc/PID/status text, in bytes.
+fn vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kb = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kb * 1024)
 }
 
 fn group_alive(pgid: i32) -> bool {
@@ -113,6 +186,26 @@ pub struct LlamaServer {
     log: PathBuf,
     running: Mutex<Option<Running>>,
     restarts: Mutex<u32>,
+    /// The highest peak resident memory read from its processes (a restarted server's first
+    /// process included).
+    peak_bytes: AtomicU64,
+}
+
+impl LlamaServerSpec {
+    /// What vlmtest sets in every request to this server, beyond the standard OpenAI fields,
+    /// for the model's fingerprint in reports: answers depend on it.
+    pub fn fingerprint(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("cache_prompt", self.cache_prompt.to_string()),
+            (
+                "images",
+                format!(
+                    "{} as they are, others re-encoded as image/png",
+                    image_formats::LLAMA_SERVER.join(", ")
+                ),
+            ),
+        ]
+    }
 }
 
 impl LlamaServer {
@@ -139,9 +232,13 @@ impl LlamaServer {
             log: logs.join(format!("{name}.log")),
             running: Mutex::new(None),
             restarts: Mutex::new(0),
+            peak_bytes: AtomicU64::new(0),
         };
         install_signal_handler();
-        let running = server.launch()?;
+        if server.spec.cache_prompt {
+            tracing::info!(model = %name, "cache_prompt is on: llama-server may reuse the KV cache of an earlier request, which can change answers");
+        }
+        let running = server.launch(true)?;
         *server.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(running);
         Ok(server)
     }
@@ -183,13 +280,21 @@ impl LlamaServer {
         argv
     }
 
-    /// Spawns the server and waits for `/health` to say it is ready.
-    fn launch(&self) -> Result<Running, LoadError> {
+    /// Spawns the server and waits for `/health` to say it is ready. The log starts afresh on
+    /// the first launch; a restart appends to it, after the crashed server's last words.
+    fn launch(&self, first: bool) -> Result<Running, LoadError> {
         let port = self.port()?;
         let argv = self.command_line(port);
         let shown = argv.join(" ");
-        let log = File::create(&self.log)
-            .map_err(|e| LoadError::Failed(format!("cannot create {}: {e}", self.log.display())))?;
+        let log = if first {
+            File::create(&self.log)
+        } else {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&self.log)
+        }
+        .map_err(|e| LoadError::Failed(format!("cannot create {}: {e}", self.log.display())))?;
         let log2 = log
             .try_clone()
             .map_err(|e| LoadError::Failed(format!("cannot open {}: {e}", self.log.display())))?;
@@ -230,7 +335,7 @@ impl LlamaServer {
         match self.wait_ready(&mut child, port) {
             Ok(()) => {}
             Err(why) => {
-                stop_child(&mut child);
+                self.stop(&mut child);
                 return Err(LoadError::Failed(format!(
                     "llama-server for `{}` {why}\ncommand: {shown}\nlast lines of {}:\n{}",
                     self.name,
@@ -247,6 +352,10 @@ impl LlamaServer {
             concurrency: self.spec.concurrency,
         })
         .map_err(LoadError::Failed)?;
+        client.images = ImageFormats::only(image_formats::LLAMA_SERVER);
+        client
+            .extra_body
+            .insert("cache_prompt".into(), self.spec.cache_prompt.into());
         let pid = child.id() as i32;
         client.alive = Some(Box::new(move || {
             // SAFETY: signal 0 checks that the process exists.
@@ -324,27 +433,30 @@ impl LlamaServer {
         *restarts += 1;
         tracing::warn!(model = %self.name, "llama-server exited ({status}); restarting it");
         if let Some(mut old) = guard.take() {
-            stop_child(&mut old.child);
+            self.stop(&mut old.child);
         }
-        let running = self.launch().map_err(|e| match e {
+        let running = self.launch(false).map_err(|e| match e {
             LoadError::Failed(m) | LoadError::Unavailable(m) => BackendError(m),
         })?;
         *guard = Some(running);
         Ok(())
     }
+
+    /// Records the process's peak memory (while it still exists), then stops it.
+    fn stop(&self, child: &mut Child) {
+        if let Some(peak) = peak_memory(child.id()) {
+            self.peak_bytes.fetch_max(peak, Ordering::Relaxed);
+        }
+        stop_child(child);
+    }
 }
 
-/// SIGTERM to the server's group, then SIGKILL if it has not gone within 5 s.
+/// Stops the server's group ([`terminate`]), with SIGKILL if it has not gone within 5 s.
 fn stop_child(child: &mut Child) {
     let pgid = child.id() as i32;
-    signal_group(pgid, libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    terminate(&[pgid], Duration::from_secs(5), |g| {
+        matches!(child.try_wait(), Ok(Some(_))) && !group_alive(g)
+    });
     signal_group(pgid, libc::SIGKILL);
     let _ = child.kill();
     let _ = child.wait();
@@ -377,10 +489,16 @@ impl Backend for LlamaServer {
         }
     }
 
+    /// The server's peak resident memory so far (its processes' VmHWM on Linux).
     fn external_memory_bytes(&self) -> Option<u64> {
-        let guard = self.running.lock().ok()?;
-        let pid = guard.as_ref()?.child.id();
-        crate::machine::pid_memory(sysinfo::Pid::from_u32(pid))
+        let now = {
+            let guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_ref().and_then(|r| peak_memory(r.child.id()))
+        };
+        if let Some(now) = now {
+            self.peak_bytes.fetch_max(now, Ordering::Relaxed);
+        }
+        Some(self.peak_bytes.load(Ordering::Relaxed)).filter(|b| *b > 0)
     }
 }
 
@@ -389,7 +507,20 @@ impl Drop for LlamaServer {
         let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut r) = guard.take() {
             tracing::info!(model = %self.name, "stopping llama-server");
-            stop_child(&mut r.child);
+            self.stop(&mut r.child);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status =
+            "Name:\tllama-server\nVmPeak:\t  912340 kB\nVmHWM:\t   45280 kB\nVmRSS:\t   32768 kB\n";
+        assert_eq!(vm_hwm(status), Some(45280 * 1024));
+        assert_eq!(vm_hwm("Name:\tx\nVmRSS:\t 1 kB\n"), None);
     }
 }

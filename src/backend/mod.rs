@@ -7,6 +7,7 @@
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod fingerprint;
+pub mod image_formats;
 pub mod llama_server;
 pub mod openai;
 
@@ -84,7 +85,7 @@ impl std::fmt::Display for BackendError {
 pub trait Backend: Send + Sync {
     fn generate(&self, request: &Request) -> Result<Generation, BackendError>;
 
-    /// Resident memory of the model when it lives outside this process (a managed server);
+    /// Peak resident memory of the model when it lives outside this process (a managed server);
     /// `None` for in-process models (measured as this process's growth) and remote servers.
     fn external_memory_bytes(&self) -> Option<u64> {
         None
@@ -176,7 +177,7 @@ pub struct LoadStats {
     pub load_s: Option<f64>,
     /// Growth of this process's resident memory across the load (in-process models).
     pub memory_growth_bytes: Option<i64>,
-    /// Resident memory of the model's own process (managed servers).
+    /// Peak resident memory of the model's own process (managed servers).
     pub external_memory_bytes: Option<u64>,
     /// Highest resident memory of this process seen while the model was loaded.
     pub peak_memory_bytes: Option<u64>,
@@ -442,7 +443,14 @@ impl ModelSlot {
     /// Drops the model now (end of its trials, or end of the run).
     pub fn unload(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let SlotState::Loaded { .. } = &*state {
+        if let SlotState::Loaded { backend, .. } = &*state {
+            // A managed server's peak, read before it is stopped: a run shorter than the
+            // sampling interval would otherwise report its memory right after loading.
+            if let Some(ext) = backend.external_memory_bytes() {
+                let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+                stats.external_memory_bytes =
+                    Some(stats.external_memory_bytes.unwrap_or(0).max(ext));
+            }
             tracing::info!(model = %self.spec.name, "dropping model");
             // Dropping the state drops the backend (a managed server is stopped) and gives the
             // resident-model permit back.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::image_formats::ImageFormats;
 use super::{Backend, BackendError, Generation, Request, Semaphore};
 use crate::config::OpenAiSpec;
 
@@ -15,6 +16,11 @@ pub struct OpenAi {
     /// Whether the server can still answer (a managed server whose process has exited cannot):
     /// no retries once it is gone.
     pub alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// The image formats the server takes (others are re-encoded as PNG); all by default.
+    pub images: ImageFormats,
+    /// Fields added to every request body, after the standard ones (a managed llama-server's
+    /// `cache_prompt`).
+    pub extra_body: serde_json::Map<String, Value>,
     timeout: Duration,
     base_url: String,
     url: String,
@@ -45,6 +51,8 @@ impl OpenAi {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             alive: None,
+            images: ImageFormats::default(),
+            extra_body: serde_json::Map::new(),
             timeout: spec.timeout,
             base_url: spec.base_url.clone(),
             url: format!("{}/chat/completions", spec.base_url),
@@ -78,9 +86,13 @@ impl OpenAi {
     }
 }
 
-/// Builds the request body: messages with text and image parts, `max_tokens`, `temperature`
-/// (always sent, 0 by default) and `seed` when set.
-pub fn request_body(model: &str, req: &Request) -> Result<Value, BackendError> {
+/// Builds the request body: messages with text and image parts (each image in a format from
+/// `images`), `max_tokens`, `temperature` (always sent, 0 by default) and `seed` when set.
+pub fn request_body(
+    model: &str,
+    req: &Request,
+    images: &ImageFormats,
+) -> Result<Value, BackendError> {
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     if let Some(sys) = &req.params.system_prompt {
         messages.push(json!({"role": "system", "content": sys}));
@@ -92,7 +104,7 @@ pub fn request_body(model: &str, req: &Request) -> Result<Value, BackendError> {
         }
         let mut parts = Vec::with_capacity(m.images.len() + 1);
         for img in &m.images {
-            let url = img.data_url().map_err(BackendError)?;
+            let url = images.data_url(img).map_err(BackendError)?;
             parts.push(json!({
                 "type": "image_url",
                 "image_url": {"url": &*url}
@@ -284,7 +296,10 @@ impl Backend for OpenAi {
     /// 503 (a server still loading its model) and 504 with exponential backoff and jitter, all
     /// within the model's `timeout_s`. Other failures are final at once.
     fn generate(&self, req: &Request) -> Result<Generation, BackendError> {
-        let body = request_body(&self.model, req)?;
+        let mut body = request_body(&self.model, req, &self.images)?;
+        if let Some(fields) = body.as_object_mut() {
+            fields.extend(self.extra_body.clone());
+        }
         let _permit = self.permits.acquire();
         let start = Instant::now();
         let deadline = start + self.timeout;

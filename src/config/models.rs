@@ -125,6 +125,10 @@ pub struct LlamaServerSpec {
     pub startup_timeout: Duration,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// llama-server's `cache_prompt`, sent with every request: reuse the KV cache of an earlier
+    /// request with the same prefix. Off for temperature-0 models unless models.toml turns it on
+    /// (it can change answers); on otherwise, as llama-server's default.
+    pub cache_prompt: bool,
 }
 
 /// An OpenAI-compatible chat/completions server.
@@ -226,6 +230,8 @@ raw_model!(RawLlamaServer {
     startup_timeout_s: Option<Spanned<f64>>,
     timeout_s: Option<Spanned<f64>>,
     concurrency: Option<Spanned<usize>>,
+    /// Any value, checked below, so that a wrong type is reported in our words at its own line.
+    cache_prompt: Option<Spanned<toml::Value>>,
 });
 
 /// `[defaults]`: the keys every model takes, and the HTTP backends' `timeout_s` and
@@ -663,6 +669,20 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                 ) {
                     errors.push(err(line(&at), format!("`{a}` is set by vlmtest (127.0.0.1 and the model's `port`); remove it from `args`")));
                 }
+                let cache_prompt = match &m.cache_prompt {
+                    None => None,
+                    Some(v) => match v.get_ref() {
+                        toml::Value::Boolean(b) => Some(*b),
+                        other => {
+                            errors.push(err(
+                                line(&v.span()),
+                                format!("`cache_prompt` must be true or false, got {other}"),
+                            ));
+                            None
+                        }
+                    },
+                };
+                let greedy = temperature.as_ref().is_none_or(|(t, _)| *t == 0.0);
                 source.map(|source| {
                     BackendSpec::LlamaServer(LlamaServerSpec {
                         source,
@@ -672,6 +692,7 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                         startup_timeout: Duration::from_secs_f64(startup),
                         timeout,
                         concurrency,
+                        cache_prompt: cache_prompt.unwrap_or(!greedy),
                     })
                 })
             }
