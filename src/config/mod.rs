@@ -2,6 +2,7 @@
 
 pub mod image;
 pub mod models;
+pub mod served;
 pub mod suite;
 pub mod text;
 
@@ -42,6 +43,8 @@ pub struct Env {
     pub force_pass: bool,
     /// `VLMTEST_MALLOC` as written (`None`: unset, the harness decides).
     pub malloc: Option<crate::machine::Allocator>,
+    /// `VLMTEST_SERVED`: models a `vlmtest serve` holds (see [`served`]).
+    pub served: Vec<served::Served>,
 }
 
 fn truthy(v: &str) -> bool {
@@ -97,8 +100,10 @@ impl Env {
                     .map_err(ConfigError::env)?,
             ),
         };
+        let served = served::parse(&get("VLMTEST_SERVED").unwrap_or_default())?;
         Ok(Env {
             malloc,
+            served,
             models: path("VLMTEST_MODELS", "models.toml"),
             suites: path("VLMTEST_SUITES", "suites"),
             out: path("VLMTEST_OUT", "target/vlmtest"),
@@ -131,7 +136,13 @@ pub struct Config {
 pub fn load(env: &Env) -> Result<Config, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let models = match models::load_models(&env.models) {
-        Ok(m) => Some(m),
+        Ok(mut m) => match served::apply(&mut m, &env.served) {
+            Ok(()) => Some(m),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
         Err(e) => {
             errors.0.extend(e.0.into_iter().map(|mut e| {
                 e.file = env.shown(&e.file);

@@ -335,6 +335,7 @@ impl Project {
             "VLMTEST_SNAPSHOTS",
             "VLMTEST_REQUIRE_MODELS",
             "VLMTEST_MAX_RESIDENT",
+            "VLMTEST_SERVED",
             "RUST_LOG",
         ] {
             cmd.env_remove(var);
