@@ -316,18 +316,65 @@ fn the_server_answers_chat_completions_as_transformers() {
         );
     }
 
-    // Sampling: the same seed gives the same answer.
-    let sampled = json!({
-        "messages": [{"role": "user", "content": "What is two plus two?"}],
-        "max_tokens": 8, "temperature": 1.0, "seed": 7
-    });
-    let (s1, a) = post(&served.url, &sampled);
-    let (s2, b) = post(&served.url, &sampled);
-    assert_eq!((s1, s2), (200, 200), "{a} {b}");
-    assert_eq!(
-        a["choices"][0]["message"]["content"],
-        b["choices"][0]["message"]["content"]
+    // Sampling: the temperature and seed reach the model; the answer is the in-process one
+    // for the same seed (and another seed answers otherwise, so the seed is not ignored).
+    let local = in_process_tiny();
+    let question = "What is two plus two?";
+    for seed in [7u64, 8] {
+        let sampled = json!({
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 8, "temperature": 1.0, "seed": seed
+        });
+        let (status, reply) = post(&served.url, &sampled);
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(
+            reply["choices"][0]["message"]["content"],
+            sample_locally(&local, question, seed).as_str(),
+            "seed {seed}"
+        );
+    }
+    assert_ne!(
+        sample_locally(&local, question, 7),
+        sample_locally(&local, question, 8)
     );
+}
+
+/// The tiny SmolVLM loaded in this process.
+fn in_process_tiny() -> vlmtest::backend::candle::Candle {
+    use vlmtest::config::{CandleSpec, ModelSource};
+    use vlmtest::kinds::{Arch, DType, DeviceKind};
+    let spec = CandleSpec {
+        arch: Arch::Smolvlm,
+        source: ModelSource::Path(golden::fixtures().join("smolvlm")),
+        dtype: DType::F32,
+        device: DeviceKind::Cpu,
+    };
+    match vlmtest::backend::candle::Candle::load("tiny", &spec) {
+        Ok(m) => m,
+        Err(_) => panic!("the tiny SmolVLM does not load"),
+    }
+}
+
+/// The in-process answer to `question`, sampled at temperature 1 with `seed`.
+fn sample_locally(model: &vlmtest::backend::candle::Candle, question: &str, seed: u64) -> String {
+    use vlmtest::backend::{Backend, Message, Request, Role};
+    let request = Request {
+        messages: vec![Message {
+            role: Role::User,
+            text: question.into(),
+            images: Vec::new(),
+        }],
+        params: vlmtest::config::GenParams {
+            max_new_tokens: 8,
+            temperature: 1.0,
+            seed: Some(seed),
+            system_prompt: None,
+        },
+    };
+    match model.generate(&request) {
+        Ok(g) => g.text,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// The start of a raw HTTP exchange: what the server answers to `request` bytes.
