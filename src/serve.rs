@@ -909,8 +909,10 @@ fn describe(spec: &ModelSpec) -> String {
 
 /// Reads models.toml (VLMTEST_MODELS) as a run would, without `VLMTEST_SERVED`: a server never
 /// forwards to another.
-fn load_models() -> Result<(Env, crate::config::ModelsConfig), ExitCode> {
-    let env = Env::from_process().map_err(|e| {
+fn load_models(
+    env: Result<Env, crate::error::ConfigError>,
+) -> Result<(Env, crate::config::ModelsConfig), ExitCode> {
+    let env = env.map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })?;
@@ -936,7 +938,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
     if args.nextest {
         return nextest_setup(&args);
     }
-    let (env, models) = match load_models() {
+    let (env, models) = match load_models(Env::from_process()) {
         Ok(m) => m,
         Err(code) => return code,
     };
@@ -1105,7 +1107,16 @@ fn nextest_setup(args: &ServeArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let (env, models) = match load_models() {
+    // nextest gives a setup script no CARGO_MANIFEST_DIR, and one inherited from elsewhere (a
+    // `cargo test` that runs nextest, say) names another folder, such as the one an archive was
+    // built in: the crate root is the workspace root nextest runs in (`--workspace-remap`'s).
+    let env = Env::from_vars(|k| match k {
+        "CARGO_MANIFEST_DIR" => std::env::var("NEXTEST_WORKSPACE_ROOT")
+            .or_else(|_| std::env::var(k))
+            .ok(),
+        _ => std::env::var(k).ok(),
+    });
+    let (env, models) = match load_models(env) {
         Ok(m) => m,
         Err(code) => return code,
     };
@@ -1160,7 +1171,7 @@ fn nextest_setup(args: &ServeArgs) -> ExitCode {
     };
     let mut started: Vec<Started> = Vec::new();
     for name in &names {
-        match start_detached(&exe, name, &logs, watch) {
+        match start_detached(&exe, name, &env.root, &logs, watch) {
             Ok(s) => started.push(s),
             Err(e) => not_served(name, &e),
         }
@@ -1219,7 +1230,13 @@ struct Started {
     log: PathBuf,
 }
 
-fn start_detached(exe: &Path, name: &str, logs: &Path, watch: u32) -> Result<Started, String> {
+fn start_detached(
+    exe: &Path,
+    name: &str,
+    root: &Path,
+    logs: &Path,
+    watch: u32,
+) -> Result<Started, String> {
     let ready = logs.join(format!("serve-{name}.ready"));
     let log = logs.join(format!("serve-{name}.log"));
     let _ = std::fs::remove_file(&ready);
@@ -1235,6 +1252,7 @@ fn start_detached(exe: &Path, name: &str, logs: &Path, watch: u32) -> Result<Sta
         .arg("--ready-file")
         .arg(&ready)
         .env_remove("NEXTEST_ENV")
+        .env("CARGO_MANIFEST_DIR", root)
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err);
