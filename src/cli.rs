@@ -92,6 +92,11 @@ enum Command {
         #[arg(long)]
         baselines: Option<PathBuf>,
     },
+    /// Serve one model of models.toml over an OpenAI-compatible HTTP API on 127.0.0.1
+    /// (POST /v1/chat/completions, GET /v1/models, GET /health), loading it once, so that the
+    /// processes of a nextest run and other tools share it. Point a run at it with
+    /// `backend = "openai"`, `base_url = "http://127.0.0.1:PORT/v1"`, `model = "MODEL"`.
+    Serve(crate::serve::ServeArgs),
     /// Print the summary of the last run (from VLMTEST_OUT, default target/vlmtest).
     Report {
         /// The output directory of the run.
@@ -482,6 +487,7 @@ pub fn main() -> ExitCode {
             baselines,
         } => merge(&out, &inputs, baselines.as_deref()),
         Command::Fetch { models } => fetch(&models),
+        Command::Serve(args) => crate::serve::main(args),
         Command::Run { args } => {
             let argv = std::iter::once("vlmtest run".to_string()).chain(args);
             match <libtest_mimic::Arguments as Parser>::try_parse_from(argv) {

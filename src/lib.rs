@@ -20,5 +20,6 @@ pub mod report;
 pub mod resample;
 pub mod run;
 pub mod score;
+pub mod serve;
 pub mod snapshot;
 pub mod verdict;

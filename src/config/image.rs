@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 /// An image a case shows the model.
 #[derive(Debug)]
 pub struct Image {
-    /// Absolute path on disk.
+    /// Absolute path on disk (empty for an image received as bytes).
     pub path: PathBuf,
     /// The path as written in the suite, for messages and reports.
     pub shown: String,
@@ -29,6 +29,37 @@ impl Image {
                 Ok(Arc::from(format!("data:{};base64,{b64}", self.mime)))
             })
             .clone()
+    }
+
+    /// An image received as bytes rather than read from a suite's folder (`vlmtest serve`
+    /// decodes the `data:` URLs of requests into it); `shown` names it in messages. Refused
+    /// unless its header decodes as PNG, JPEG, GIF, WebP or BMP with a non-zero size.
+    pub fn from_bytes(bytes: Vec<u8>, shown: String) -> Result<Image, String> {
+        let undecodable = |why: String| {
+            format!("{shown} cannot be decoded: {why} (expected PNG, JPEG, GIF, WebP or BMP)")
+        };
+        let reader = image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
+            .with_guessed_format()
+            .map_err(|e| undecodable(e.to_string()))?;
+        let mime = reader
+            .format()
+            .and_then(mime_of)
+            .ok_or_else(|| undecodable("unknown format".into()))?;
+        let (width, height) = reader
+            .into_dimensions()
+            .map_err(|e| undecodable(e.to_string()))?;
+        if width == 0 || height == 0 {
+            return Err(undecodable("zero-sized image".into()));
+        }
+        Ok(Image {
+            path: PathBuf::new(),
+            shown,
+            mime,
+            width,
+            height,
+            bytes: OnceLock::from(Ok(Arc::new(bytes))),
+            data_url: OnceLock::new(),
+        })
     }
 
     /// The file's bytes, read once.

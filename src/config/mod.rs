@@ -2,6 +2,7 @@
 
 pub mod image;
 pub mod models;
+pub mod served;
 pub mod suite;
 pub mod text;
 
@@ -85,6 +86,8 @@ pub struct Env {
     pub baselines: PathBuf,
     /// `VLMTEST_FETCH`.
     pub fetch: Fetch,
+    /// `VLMTEST_SERVED`: models a `vlmtest serve` holds (see [`served`]).
+    pub served: Vec<served::Served>,
 }
 
 fn truthy(v: &str) -> bool {
@@ -152,6 +155,7 @@ impl Env {
         let cache = crate::cache::CacheMode::parse(&get("VLMTEST_CACHE").unwrap_or_default())
             .map_err(ConfigError::env)?;
         let fetch = Fetch::parse(get("VLMTEST_FETCH").as_deref()).map_err(ConfigError::env)?;
+        let served = served::parse(&get("VLMTEST_SERVED").unwrap_or_default())?;
         Ok(Env {
             cache,
             cache_dir: path("VLMTEST_CACHE_DIR", "recordings"),
@@ -159,6 +163,7 @@ impl Env {
             gates,
             malloc,
             fetch,
+            served,
             models: path("VLMTEST_MODELS", "models.toml"),
             suites: path("VLMTEST_SUITES", "suites"),
             out: path("VLMTEST_OUT", "target/vlmtest"),
@@ -230,7 +235,13 @@ fn load_baselines(
 pub fn load(env: &Env) -> Result<Config, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let models = match models::load_models(&env.models) {
-        Ok(m) => Some(m),
+        Ok(mut m) => match served::apply(&mut m, &env.served) {
+            Ok(()) => Some(m),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
         Err(e) => {
             errors.0.extend(e.0.into_iter().map(|mut e| {
                 e.file = env.shown(&e.file);

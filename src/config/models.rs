@@ -230,7 +230,7 @@ raw_model!(RawLlamaServer {
     startup_timeout_s: Option<Spanned<f64>>,
     timeout_s: Option<Spanned<f64>>,
     concurrency: Option<Spanned<usize>>,
-    /// Any value, checked below, so that a wrong type is reported in our words at its own line.
+    // Any value, checked below, so that a wrong type is reported in our words at its own line.
     cache_prompt: Option<Spanned<toml::Value>>,
 });
 

@@ -342,6 +342,7 @@ impl Project {
             "VLMTEST_GATES",
             "VLMTEST_MALLOC",
             "VLMTEST_FETCH",
+            "VLMTEST_SERVED",
             "RUST_LOG",
             // It would win over the HF_HOME a test sets.
             "HF_HUB_CACHE",
