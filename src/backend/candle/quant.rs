@@ -53,7 +53,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor, QuantizedType};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -292,7 +292,9 @@ fn dequantize(w: &QTensor, format: Format) -> Result<Tensor> {
 
 fn dequantize_rows<T: GgmlType>(bytes: &[u8], width: usize) -> Result<Vec<f32>> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
         candle_core::bail!(
             "quantized weight: {} bytes do not hold whole blocks",
             bytes.len()
@@ -513,17 +515,23 @@ impl Quantizer {
 const ROWS_PER_TASK: usize = 64;
 
 /// Quantizes a `[rows, width]` tensor into `format`. On the CPU the rows are quantized in
-/// parallel (candle's `QTensor::quantize` runs on one thread: minutes for a 7B model); the
-/// blocks are the same, row by row, as `QTensor::quantize` makes.
+/// parallel (candle's `QTensor::quantize` runs on one thread: minutes for a 7B model), straight
+/// from the tensor's f32 storage (no copy: at load, memory holds the quantized weights so far
+/// plus one f32 tensor); the blocks are the same, row by row, as `QTensor::quantize` makes.
 pub fn quantize(w: &Tensor, format: Format) -> Result<QTensor> {
     let (rows, width) = w.dims2()?;
     if !w.device().is_cpu() {
         return QTensor::quantize(w, format.ggml());
     }
-    let data: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let w = w.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let data: &[f32] = match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(cpu), Some((start, end))) => &cpu.as_slice::<f32>()?[start..end],
+        _ => candle_core::bail!("quantize: expected a contiguous f32 CPU tensor"),
+    };
     let blocks: Box<dyn QuantizedType> = match format {
-        Format::Q8_0 => Box::new(quantize_rows::<BlockQ8_0>(&data, width)),
-        Format::Q4K => Box::new(quantize_rows::<BlockQ4K>(&data, width)),
+        Format::Q8_0 => Box::new(quantize_rows::<BlockQ8_0>(data, width)),
+        Format::Q4K => Box::new(quantize_rows::<BlockQ4K>(data, width)),
         Format::F32 => candle_core::bail!("f32 is not a quantized format"),
     };
     QTensor::new(QStorage::Cpu(blocks), (rows, width))
