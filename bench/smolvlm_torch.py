@@ -26,11 +26,13 @@ Usage (from the repository root):
         as much free memory for the reload check, a few minutes.
 
     python bench/smolvlm_torch.py time [--dir DIR] [--image suites/images/chelsea.png]
-                                       [--runs 3] [--threads 2] [--json FILE]
+                                       [--runs 3] [--threads 2] [--json FILE] [--logits FILE]
         torch.set_num_threads(2), eager attention, float32, CPU. One warm-up, then --runs timed
         runs of: processor(chat template + image) + generate with exactly 16 new tokens
         (min_new_tokens = max_new_tokens = 16, greedy). Also times a prefill (one forward pass
         over the prompt) separately. Prints one JSON object (medians and every run) to stdout.
+        --logits FILE writes that prefill's last-position logits (the first step's: the drift of
+        candle's quantized runs is measured against them) as float32 little-endian.
 
 Benchmark-specific choices (differences from the real repo): `size.longest_edge` is 1536
 instead of 2048 for 256m (chelsea.png, 451x300 -> 1536x1022 -> 3x2 tiles of 512 + 1 global
@@ -431,6 +433,9 @@ def cmd_time(args):
         p, last_logits = prefill(inputs)
         prefills.append(p)
 
+    if args.logits:
+        with open(rel(args.logits), "wb") as f:
+            f.write(last_logits.detach().to(torch.float32).numpy().astype("<f4").tobytes())
     pv = inputs["pixel_values"]
     ids = inputs["input_ids"][0].tolist()
     image_token_id = model.config.image_token_id
@@ -502,6 +507,8 @@ def main():
     t.add_argument("--runs", type=int, default=3)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--json", default=None)
+    t.add_argument("--logits", default=None,
+                   help="write the prefill's last-position logits (the first step's) there, float32 little-endian")
     args = ap.parse_args()
     if args.cmd == "make":
         torch.set_num_threads(min(2, torch.get_num_threads()))

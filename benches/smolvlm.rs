@@ -1,7 +1,9 @@
 //! candle vs PyTorch eager on the full-size SmolVLM-256M-Instruct architecture (random weights),
 //! CPU, f32, 2 threads each, same image and question, 16 forced new tokens: time per answer
 //! (median of the timed runs after a warm-up), prefill and decode speed, and peak memory, each
-//! engine in its own process. See bench/README.md.
+//! engine in its own process. Then candle with 8-bit and 4-bit weights (`q8_0`, `q4k`) on the
+//! same run, their drift from f32 (greedy tokens, first-step logits), and llama.cpp on the same
+//! checkpoint in GGUF Q8_0 when it has been built (`bench/llama_cpp.sh`). See bench/README.md.
 //!
 //! `cargo bench --bench smolvlm` (needs python3 with torch and transformers; see bench/README.md).
 //!
@@ -18,10 +20,16 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use serde_json::{Value, json};
 use vlmtest::backend::candle::Vlm;
+use vlmtest::backend::candle::quant::{self, Precision, Quant};
 use vlmtest::backend::candle::smolvlm::SmolVlm;
 use vlmtest::backend::{Message, Request, Role};
 use vlmtest::config::GenParams;
 use vlmtest::config::image::ImageCache;
+
+#[path = "smolvlm/llama_cpp.rs"]
+mod llama_cpp;
+#[path = "smolvlm/quantized.rs"]
+mod quantized;
 
 const NEW_TOKENS: usize = 16;
 const QUESTION: &str = "What animal is in the picture?";
@@ -52,10 +60,20 @@ fn rss_mib() -> f64 {
     vlmtest::machine::process_rss().unwrap_or(0) as f64 / (1024.0 * 1024.0)
 }
 
-/// The candle half, in a process of its own: prints one JSON object.
-fn candle_child(dir: &Path, image: &str, runs: usize) {
+/// The precision a candle child runs at (`VLMTEST_BENCH_DTYPE`: f32, q8_0 or q4k).
+fn precision(name: &str) -> Precision {
+    match name {
+        "q8_0" => Precision::quantized(Quant::Q8_0),
+        "q4k" => Precision::quantized(Quant::Q4K),
+        _ => DType::F32.into(),
+    }
+}
+
+/// The candle half, in a process of its own: prints one JSON object; with `logits`, writes the
+/// first-step logits there (f32, little-endian).
+fn candle_child(dir: &Path, image: &str, runs: usize, dtype: &str, logits_file: Option<&Path>) {
     let t = Instant::now();
-    let mut m = SmolVlm::load(dir, DType::F32, &Device::Cpu).expect("load");
+    let mut m = SmolVlm::load(dir, precision(dtype), &Device::Cpu).expect("load");
     let load_s = t.elapsed().as_secs_f64();
     let rss_after_load = rss_mib();
     let img = ImageCache::default()
@@ -85,6 +103,11 @@ fn candle_child(dir: &Path, image: &str, runs: usize) {
         // 16 forced tokens: greedy, EOS not honoured.
         let p = m.prefill(&req).expect("prefill");
         prompt_tokens = p.prompt_tokens;
+        if let (0, Some(f)) = (run, logits_file) {
+            let v: Vec<f32> = p.logits.to_vec1().expect("logits");
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(f, bytes).expect("write the logits");
+        }
         let mut logits = p.logits;
         let mut ids = Vec::new();
         let mut first = 0.0;
@@ -100,7 +123,7 @@ fn candle_child(dir: &Path, image: &str, runs: usize) {
         }
         let total = start.elapsed().as_secs_f64();
         eprintln!(
-            "candle {}: {total:.2} s (first token {first:.2} s)",
+            "candle {dtype} {}: {total:.2} s (first token {first:.2} s)",
             if run == 0 {
                 "warm-up".to_string()
             } else {
@@ -119,6 +142,8 @@ fn candle_child(dir: &Path, image: &str, runs: usize) {
     }
     let out = json!({
         "engine": "candle",
+        "dtype": dtype,
+        "quantization": m.quantization(),
         "threads": candle_core::utils::get_num_threads(),
         "load_s": load_s,
         "prompt_tokens": prompt_tokens,
@@ -252,7 +277,9 @@ fn main() {
     if std::env::var("VLMTEST_BENCH_CHILD").as_deref() == Ok("candle") {
         // The allocator setting a vlmtest run with an in-process model uses.
         vlmtest::machine::Allocator::Tuned.apply();
-        candle_child(&dir, &image, runs);
+        let dtype = std::env::var("VLMTEST_BENCH_DTYPE").unwrap_or_else(|_| "f32".into());
+        let logits = std::env::var_os("VLMTEST_BENCH_LOGITS").map(PathBuf::from);
+        candle_child(&dir, &image, runs, &dtype, logits.as_deref());
         return;
     }
     if !args.iter().any(|a| a == "--bench") {
@@ -283,6 +310,18 @@ fn main() {
         .map(|m| m.len())
         .unwrap_or(0) as f64
         / (1024.0 * 1024.0);
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "smolvlm".into());
+    // First-step logits of each engine, for the drift (removed at the end).
+    let logits_dir = root().join(format!("target/bench-{name}-logits"));
+    std::fs::create_dir_all(&logits_dir).expect("a folder for the logits");
+    eprintln!(
+        "CPU SIMD: {} (8-bit dot products: {})",
+        vlmtest::machine::simd_level(),
+        quant::int8_dot()
+    );
 
     eprintln!("PyTorch eager, 2 threads ...");
     let torch = run_json(
@@ -298,24 +337,30 @@ fn main() {
             ])
             .arg(&dir)
             .args(["--image", &image])
+            .arg("--logits")
+            .arg(logits_dir.join("torch.f32"))
             .current_dir(root())
             .env("OMP_NUM_THREADS", "2"),
         "the PyTorch half",
     );
-    eprintln!("candle, 2 threads ...");
-    let candle = run_json(
-        Command::new(&args[0])
-            .env("VLMTEST_BENCH_CHILD", "candle")
-            .env("RAYON_NUM_THREADS", "2")
-            .env("VLMTEST_BENCH_RUNS", runs.to_string()),
-        "the candle half",
-    );
+    let candle_at = |dtype: &str| {
+        eprintln!("candle {dtype}, 2 threads ...");
+        run_json(
+            Command::new(&args[0])
+                .env("VLMTEST_BENCH_CHILD", "candle")
+                .env("VLMTEST_BENCH_DTYPE", dtype)
+                .env(
+                    "VLMTEST_BENCH_LOGITS",
+                    logits_dir.join(format!("candle-{dtype}.f32")),
+                )
+                .env("RAYON_NUM_THREADS", "2")
+                .env("VLMTEST_BENCH_RUNS", runs.to_string()),
+            &format!("the candle half ({dtype})"),
+        )
+    };
+    let candle = candle_at("f32");
 
     let all = json!({"candle": candle, "torch": torch, "checkpoint_mib": checkpoint});
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "smolvlm".into());
     let path = root().join(format!("target/bench-{name}.json"));
     let _ = std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap());
     if let Err(e) = same_work(&candle, &torch) {
@@ -340,8 +385,9 @@ fn main() {
     let cp = candle["prompt_tokens"].as_f64().unwrap_or(f64::NAN);
     let tp = torch["prompt_tokens"].as_f64().unwrap_or(f64::NAN);
     println!(
-        "\n{} (random weights), f32, CPU, 2 threads, {runs} runs after a warm-up, 16 new tokens",
-        dir.display()
+        "\n{} (random weights), f32, CPU ({} SIMD), 2 threads, {runs} runs after a warm-up, 16 new tokens",
+        dir.display(),
+        vlmtest::machine::simd_level()
     );
     println!("image {image}; {cp} prompt tokens; checkpoint {checkpoint:.0} MiB\n");
     println!("| | candle | PyTorch eager | candle / PyTorch |");
@@ -392,5 +438,29 @@ fn main() {
         tt - tf
     );
     println!("\nsame prompt length and same {NEW_TOKENS} greedy tokens as PyTorch: yes (checked)");
+    let quantized = if std::env::var("VLMTEST_BENCH_QUANT").as_deref() == Ok("0") {
+        Value::Null
+    } else {
+        let q8 = candle_at("q8_0");
+        let q4 = candle_at("q4k");
+        let llama = llama_cpp::run(&dir, &image, &root(), &python, runs);
+        quantized::report(&quantized::Inputs {
+            f32: &candle,
+            q8_0: &q8,
+            q4k: &q4,
+            torch: &torch,
+            llama: llama.as_ref(),
+            logits: &logits_dir,
+            checkpoint_mib: checkpoint,
+        })
+    };
+    let _ = std::fs::remove_dir_all(&logits_dir);
+    let all = json!({
+        "machine": {"simd": vlmtest::machine::simd_level(), "int8_dot": quant::int8_dot()},
+        "candle": candle, "torch": torch, "checkpoint_mib": checkpoint, "same_tokens": true,
+        "quantized": quantized,
+    });
+    let path = root().join(format!("target/bench-{name}.json"));
+    let _ = std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap());
     println!("(all runs: {})", path.display());
 }

@@ -106,21 +106,40 @@ impl Arch {
 
 /// Weight and compute precision of an in-process model (`dtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
 pub enum DType {
     #[default]
+    #[serde(rename = "f32")]
     F32,
+    #[serde(rename = "f16")]
     F16,
+    #[serde(rename = "bf16")]
     Bf16,
+    /// Linear layers quantized at load to 8 bits (ggml's Q8_0: blocks of 32, one f16 scale
+    /// each); activations f32.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// Linear layers quantized at load to 4 bits (ggml's Q4_K: super-blocks of 256 with 6-bit
+    /// scales and minimums); activations f32.
+    #[serde(rename = "q4k")]
+    Q4k,
 }
 
 impl DType {
+    pub const ALL: [DType; 5] = [DType::F32, DType::F16, DType::Bf16, DType::Q8_0, DType::Q4k];
+
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::Bf16 => "bf16",
+            DType::Q8_0 => "q8_0",
+            DType::Q4k => "q4k",
         }
+    }
+
+    /// Whether the weights are quantized at load (the activations are then f32).
+    pub fn quantized(self) -> bool {
+        matches!(self, DType::Q8_0 | DType::Q4k)
     }
 }
 
@@ -170,7 +189,7 @@ mod tests {
         for b in BackendKind::ALL {
             assert_eq!(parse::<BackendKind>(b.name()), Ok(b));
         }
-        for d in [DType::F32, DType::F16, DType::Bf16] {
+        for d in DType::ALL {
             assert_eq!(parse::<DType>(d.name()), Ok(d));
         }
         for d in [
@@ -189,6 +208,10 @@ mod tests {
         assert_eq!(
             e,
             "unknown variant `smolvml`, expected one of `smolvlm`, `moondream2`, `llava-next`, `paligemma`, `phi3-v`"
+        );
+        assert_eq!(
+            parse::<DType>("q4").unwrap_err(),
+            "unknown variant `q4`, expected one of `f32`, `f16`, `bf16`, `q8_0`, `q4k`"
         );
     }
 }

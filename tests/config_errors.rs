@@ -306,7 +306,7 @@ bad_models!(
     candle_bad_repo_dtype_device,
     "[models.m]\nbackend = \"candle\"\narch = \"smolvlm\"\nrepo = \"SmolVLM\"\ndtype = \"fp8\"\ndevice = \"tpu\"\n",
     "models.toml:4: `repo` must name a Hugging Face repo",
-    "models.toml:5: unknown dtype `fp8`, expected one of `f32`, `f16`, `bf16`",
+    "models.toml:5: unknown dtype `fp8`, expected one of `f32`, `f16`, `bf16`, `q8_0`, `q4k`",
     "models.toml:6: unknown device `tpu`, expected one of `cpu`, `cuda`, `metal`, `auto`"
 );
 bad_models!(

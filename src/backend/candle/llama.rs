@@ -1,11 +1,14 @@
 //! A Llama decoder that takes input embeddings (so image features can be spliced in), with a KV
 //! cache that [`Llama::reset`] empties between requests. Numerically it follows transformers'
 //! `LlamaModel`: RMSNorm, rotary embeddings with `rotate_half`, grouped-query attention with the
-//! softmax in f32, SiLU-gated MLP.
+//! softmax in f32, SiLU-gated MLP. Its linear layers, embeddings and LM head come from a
+//! [`Quantizer`], so the decoder runs dense or with 8/4-bit weights ([`super::quant`]).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{RmsNorm, VarBuilder};
 use serde::Deserialize;
+
+use super::quant::{QEmbedding, QLinear, Quantizer};
 
 /// `text_config` of a Llama-based model (the keys transformers writes; defaults are
 /// `LlamaConfig`'s).
@@ -128,19 +131,11 @@ impl LlamaConfig {
     }
 }
 
-fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    if bias {
-        candle_nn::linear(i, o, vb)
-    } else {
-        candle_nn::linear_no_bias(i, o, vb)
-    }
-}
-
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: QLinear,
+    k: QLinear,
+    v: QLinear,
+    o: QLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -151,16 +146,16 @@ struct Layer {
     input_norm: RmsNorm,
     attn: Attention,
     post_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
 }
 
 pub struct Llama {
-    embed: Embedding,
+    embed: QEmbedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: QLinear,
     inv_freq: Vec<f32>,
     /// Tokens already in the KV cache.
     pos: usize,
@@ -225,11 +220,16 @@ impl Attention {
 impl Llama {
     /// Loads the decoder from `vb` (the prefix that holds `embed_tokens`, `layers`, `norm`) and the
     /// LM head from `lm_head` (tied to the embeddings when the config says so or the checkpoint
-    /// has no head).
-    pub fn load(cfg: &LlamaConfig, vb: VarBuilder, lm_head: VarBuilder) -> Result<Self> {
+    /// has no head), the linear layers and embeddings as `q` makes them.
+    pub fn load(
+        cfg: &LlamaConfig,
+        vb: VarBuilder,
+        lm_head: VarBuilder,
+        q: &Quantizer,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let hd = cfg.head_dim();
-        let embed = candle_nn::embedding(cfg.vocab_size, h, vb.pp("embed_tokens"))?;
+        let embed = q.embedding(cfg.vocab_size, h, vb.pp("embed_tokens"))?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = vb.pp(format!("layers.{i}"));
@@ -238,15 +238,15 @@ impl Llama {
             layers.push(Layer {
                 input_norm: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
                 attn: Attention {
-                    q: linear(
+                    q: q.linear(
                         h,
                         cfg.num_attention_heads * hd,
                         cfg.attention_bias,
                         a.pp("q_proj"),
                     )?,
-                    k: linear(h, cfg.kv_heads() * hd, cfg.attention_bias, a.pp("k_proj"))?,
-                    v: linear(h, cfg.kv_heads() * hd, cfg.attention_bias, a.pp("v_proj"))?,
-                    o: linear(
+                    k: q.linear(h, cfg.kv_heads() * hd, cfg.attention_bias, a.pp("k_proj"))?,
+                    v: q.linear(h, cfg.kv_heads() * hd, cfg.attention_bias, a.pp("v_proj"))?,
+                    o: q.linear(
                         cfg.num_attention_heads * hd,
                         h,
                         cfg.attention_bias,
@@ -262,16 +262,16 @@ impl Llama {
                     cfg.rms_norm_eps,
                     l.pp("post_attention_layernorm"),
                 )?,
-                gate: linear(h, cfg.intermediate_size, cfg.mlp_bias, m.pp("gate_proj"))?,
-                up: linear(h, cfg.intermediate_size, cfg.mlp_bias, m.pp("up_proj"))?,
-                down: linear(cfg.intermediate_size, h, cfg.mlp_bias, m.pp("down_proj"))?,
+                gate: q.linear(h, cfg.intermediate_size, cfg.mlp_bias, m.pp("gate_proj"))?,
+                up: q.linear(h, cfg.intermediate_size, cfg.mlp_bias, m.pp("up_proj"))?,
+                down: q.linear(cfg.intermediate_size, h, cfg.mlp_bias, m.pp("down_proj"))?,
             });
         }
         let norm = candle_nn::rms_norm(h, cfg.rms_norm_eps, vb.pp("norm"))?;
         let lm_head = if !cfg.tie_word_embeddings && lm_head.contains_tensor("weight") {
-            candle_nn::linear_no_bias(h, cfg.vocab_size, lm_head)?
+            q.linear(h, cfg.vocab_size, false, lm_head)?
         } else {
-            Linear::new(embed.embeddings().clone(), None)
+            q.tied_head(&embed)?
         };
         // inv_freq as transformers computes it: in f32, base ** (2i / dim).
         let theta = cfg.theta() as f32;

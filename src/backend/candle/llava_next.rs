@@ -13,17 +13,20 @@
 //! candle-transformers' own `llava::LLaVA` is not used: its CLIP hidden-state list is offset by
 //! one layer from transformers' (`vision_feature_layer = -2` picks the last layer there), its
 //! Llama loader panics on a missing tensor, and it has no anyres processor.
+//!
+//! Quantized (`dtype = "q8_0"` / `"q4k"`, [`super::quant`]): the decoder and the projector; the
+//! CLIP tower (candle-transformers') stays f32.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::Linear;
 use candle_transformers::models::clip::text_model::Activation as ClipActivation;
 use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
 use image::RgbImage;
 use serde::Deserialize;
 
 use super::llama::{Llama, LlamaConfig};
+use super::quant::{Precision, QLinear, QuantSummary, Quantizer};
 use super::template::ChatTemplate;
 use super::{
     Prefill, Vlm, load_tokenizer, push_chw, read_json, request_images, resize_rgb, splice_images,
@@ -201,8 +204,8 @@ pub struct LlavaNext {
     vision: ClipVisionTransformer,
     feature_layer: usize,
     keep_cls: bool,
-    proj1: Linear,
-    proj2: Linear,
+    proj1: QLinear,
+    proj2: QLinear,
     gelu_exact: bool,
     newline: Tensor,
     text: Llama,
@@ -210,6 +213,7 @@ pub struct LlavaNext {
     eos: Vec<u32>,
     device: Device,
     dtype: DType,
+    quantization: Option<QuantSummary>,
 }
 
 /// A prompt ready for the model.
@@ -220,7 +224,14 @@ pub struct Encoded {
 }
 
 impl LlavaNext {
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, String> {
+    pub fn load(
+        dir: &Path,
+        precision: impl Into<Precision>,
+        device: &Device,
+    ) -> Result<Self, String> {
+        let precision = precision.into();
+        let dtype = precision.dtype;
+        let q = Quantizer::new(precision.quant);
         let cfg: Config = read_json(dir, "config.json")?;
         let mut text_cfg = cfg.text_config.clone();
         text_cfg.tie_word_embeddings |= cfg.tie_word_embeddings;
@@ -320,13 +331,7 @@ impl LlavaNext {
         let vision = ClipVisionTransformer::new(vb.pp("vision_tower.vision_model"), &clip)
             .map_err(weights)?;
         let h = text_cfg.hidden_size;
-        let lin = |i, o, name: &str| {
-            if cfg.multimodal_projector_bias {
-                candle_nn::linear(i, o, vb.pp(name))
-            } else {
-                candle_nn::linear_no_bias(i, o, vb.pp(name))
-            }
-        };
+        let lin = |i, o, name: &str| q.linear(i, o, cfg.multimodal_projector_bias, vb.pp(name));
         let proj1 = lin(v.hidden_size, h, "multi_modal_projector.linear_1").map_err(weights)?;
         let proj2 = lin(h, h, "multi_modal_projector.linear_2").map_err(weights)?;
         let newline = vb.get(h, "image_newline").map_err(weights)?;
@@ -334,6 +339,7 @@ impl LlavaNext {
             &text_cfg,
             vb.pp("language_model.model"),
             vb.pp("language_model.lm_head"),
+            &q,
         )
         .map_err(weights)?;
         let pinpoints = pre
@@ -364,6 +370,7 @@ impl LlavaNext {
             eos,
             device: device.clone(),
             dtype,
+            quantization: q.finish(&format!("llava-next {}", dir.display())),
         })
     }
 
@@ -575,5 +582,9 @@ impl Vlm for LlavaNext {
 
     fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
+    }
+
+    fn quantization(&self) -> Option<&QuantSummary> {
+        self.quantization.as_ref()
     }
 }

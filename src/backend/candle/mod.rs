@@ -13,6 +13,7 @@ pub mod paligemma;
 pub mod phi3;
 pub mod phi3_v;
 pub mod phi3_v_image;
+pub mod quant;
 pub mod siglip;
 pub mod smolvlm;
 pub mod template;
@@ -57,6 +58,11 @@ pub trait Vlm: Send {
     /// What preprocessing made of the last request's images (image tokens, crop grid, a hash of
     /// the pixel values), for reports; `None` where an architecture does not say.
     fn preprocessing(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// What quantization at load made of the weights (`dtype = "q8_0"` / `"q4k"`); `None` for
+    /// a dense model.
+    fn quantization(&self) -> Option<&quant::QuantSummary> {
         None
     }
 }
@@ -339,11 +345,14 @@ pub fn device(kind: DeviceKind) -> Result<Device, String> {
     }
 }
 
-pub fn dtype(kind: crate::kinds::DType) -> DType {
+pub fn precision(kind: crate::kinds::DType) -> quant::Precision {
+    use crate::kinds::DType as K;
     match kind {
-        crate::kinds::DType::F32 => DType::F32,
-        crate::kinds::DType::F16 => DType::F16,
-        crate::kinds::DType::Bf16 => DType::BF16,
+        K::F32 => DType::F32.into(),
+        K::F16 => DType::F16.into(),
+        K::Bf16 => DType::BF16.into(),
+        K::Q8_0 => quant::Precision::quantized(quant::Quant::Q8_0),
+        K::Q4k => quant::Precision::quantized(quant::Quant::Q4K),
     }
 }
 
@@ -355,6 +364,16 @@ pub struct Candle {
 impl Candle {
     /// Finds the model's files (local folder or Hugging Face cache) and loads the architecture.
     pub fn load(name: &str, spec: &CandleSpec) -> Result<Self, LoadError> {
+        let dtype = precision(spec.dtype);
+        if let (Arch::Paligemma, Some(q)) = (spec.arch, dtype.quant) {
+            return Err(LoadError::Failed(format!(
+                "model `{name}`: {}",
+                quant::unsupported(
+                    "arch paligemma (its Gemma decoder is candle-transformers')",
+                    q
+                )
+            )));
+        }
         let dir = match &spec.source {
             ModelSource::Path(p) => {
                 if !p.is_dir() {
@@ -375,7 +394,6 @@ impl Candle {
             }
         };
         let device = device(spec.device).map_err(LoadError::Failed)?;
-        let dtype = dtype(spec.dtype);
         let model: Box<dyn Vlm> = match spec.arch {
             Arch::Smolvlm => Box::new(
                 smolvlm::SmolVlm::load(&dir, dtype, &device)
@@ -391,7 +409,7 @@ impl Candle {
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?
             }
             Arch::Paligemma => Box::new(
-                paligemma::PaliGemma::load(&dir, dtype, &device)
+                paligemma::PaliGemma::load(&dir, dtype.dtype, &device)
                     .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
             ),
             Arch::Phi3V => Box::new(

@@ -225,8 +225,12 @@ impl PaliGemma {
             eps: v.layer_norm_eps,
             act,
         };
-        let vision =
-            VisionEncoder::load(&dims, vb.pp("vision_tower.vision_model")).map_err(weights)?;
+        let vision = VisionEncoder::load(
+            &dims,
+            vb.pp("vision_tower.vision_model"),
+            &super::quant::Quantizer::dense(),
+        )
+        .map_err(weights)?;
         let proj = candle_nn::linear(
             v.hidden_size,
             cfg.projection_dim.unwrap_or(text_cfg.hidden_size),

@@ -19,8 +19,10 @@
 //! supported; "yarn" is refused at load with a clear error rather than computed wrongly.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{RmsNorm, VarBuilder};
 use serde::Deserialize;
+
+use super::quant::{QEmbedding, QLinear, Quantizer};
 
 /// The text keys of Phi-3-V's config.json (defaults are `Phi3VConfig`'s).
 #[derive(Debug, Clone, Deserialize)]
@@ -138,8 +140,8 @@ impl Phi3Config {
 }
 
 struct Attention {
-    qkv: Linear,
-    o: Linear,
+    qkv: QLinear,
+    o: QLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -150,8 +152,8 @@ struct Layer {
     input_norm: RmsNorm,
     attn: Attention,
     post_norm: RmsNorm,
-    gate_up: Linear,
-    down: Linear,
+    gate_up: QLinear,
+    down: QLinear,
     intermediate: usize,
 }
 
@@ -166,10 +168,10 @@ struct Rope {
 }
 
 pub struct Phi3 {
-    embed: Embedding,
+    embed: QEmbedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: QLinear,
     rope: Rope,
     /// Tokens already in the KV cache.
     pos: usize,
@@ -227,12 +229,14 @@ impl Attention {
 impl Phi3 {
     /// Loads the decoder from `vb` (the prefix holding `embed_tokens`, `layers`, `norm`) and the
     /// LM head from `lm_head`. `embed` is the token embedding when it lives elsewhere (Phi-3-V
-    /// checkpoints may store it as `vision_embed_tokens.wte` only).
+    /// checkpoints may store it as `vision_embed_tokens.wte` only). The linear layers are made
+    /// by `q` ([`super::quant`]).
     pub fn load(
         cfg: &Phi3Config,
         vb: VarBuilder,
         lm_head: VarBuilder,
-        embed: Embedding,
+        embed: QEmbedding,
+        q: &Quantizer,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
         let hd = cfg.head_dim();
@@ -245,8 +249,8 @@ impl Phi3 {
             layers.push(Layer {
                 input_norm: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
                 attn: Attention {
-                    qkv: candle_nn::linear_no_bias(h, qkv_out, a.pp("qkv_proj"))?,
-                    o: candle_nn::linear_no_bias(cfg.num_attention_heads * hd, h, a.pp("o_proj"))?,
+                    qkv: q.linear(h, qkv_out, false, a.pp("qkv_proj"))?,
+                    o: q.linear(cfg.num_attention_heads * hd, h, false, a.pp("o_proj"))?,
                     heads: cfg.num_attention_heads,
                     kv_heads: cfg.kv_heads(),
                     head_dim: hd,
@@ -257,20 +261,16 @@ impl Phi3 {
                     cfg.rms_norm_eps,
                     l.pp("post_attention_layernorm"),
                 )?,
-                gate_up: candle_nn::linear_no_bias(
-                    h,
-                    2 * cfg.intermediate_size,
-                    m.pp("gate_up_proj"),
-                )?,
-                down: candle_nn::linear_no_bias(cfg.intermediate_size, h, m.pp("down_proj"))?,
+                gate_up: q.linear(h, 2 * cfg.intermediate_size, false, m.pp("gate_up_proj"))?,
+                down: q.linear(cfg.intermediate_size, h, false, m.pp("down_proj"))?,
                 intermediate: cfg.intermediate_size,
             });
         }
         let norm = candle_nn::rms_norm(h, cfg.rms_norm_eps, vb.pp("norm"))?;
         let lm_head = if !cfg.tie_word_embeddings && lm_head.contains_tensor("weight") {
-            candle_nn::linear_no_bias(h, cfg.vocab_size, lm_head)?
+            q.linear(h, cfg.vocab_size, false, lm_head)?
         } else {
-            Linear::new(embed.embeddings().clone(), None)
+            q.tied_head(&embed)?
         };
         // `torch.arange(0, d, 2).float() / d` and `base ** that`, both in f32.
         let base = cfg.rope_theta as f32;

@@ -30,7 +30,6 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::Linear;
 use candle_transformers::models::clip::text_model::Activation as ClipActivation;
 use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
 use image::RgbImage;
@@ -39,6 +38,7 @@ use serde_json::{Value, json};
 
 use super::phi3::{Phi3, Phi3Config};
 use super::phi3_v_image::{CROP, Phi3vImage, PreprocessSummary, process};
+use super::quant::{Precision, QLinear, QuantSummary, Quantizer};
 use super::template::ChatTemplate;
 use super::{Prefill, Vlm, load_tokenizer, read_json, request_images};
 use crate::backend::{Request, Role};
@@ -192,17 +192,27 @@ pub struct Phi3V {
     channels: usize,
     glb_gn: Tensor,
     sub_gn: Tensor,
-    proj1: Linear,
-    proj2: Linear,
+    proj1: QLinear,
+    proj2: QLinear,
     text: Phi3,
     eos: Vec<u32>,
     last: Option<PreprocessSummary>,
     device: Device,
     dtype: DType,
+    quantization: Option<QuantSummary>,
 }
 
 impl Phi3V {
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, String> {
+    /// Loads the model at `precision`: a dtype, or quantized linear layers in the decoder and
+    /// the projector (the CLIP tower, candle-transformers', stays f32; see [`super::quant`]).
+    pub fn load(
+        dir: &Path,
+        precision: impl Into<Precision>,
+        device: &Device,
+    ) -> Result<Self, String> {
+        let precision = precision.into();
+        let dtype = precision.dtype;
+        let q = Quantizer::new(precision.quant);
         let cfg: Config = read_json(dir, "config.json")?;
         let config_file = dir.join("config.json");
         let bad = |what: String| format!("{}: {what}", config_file.display());
@@ -322,16 +332,22 @@ impl Phi3V {
             .get((1, 1, 1, 4 * c), "sub_GN")
             .and_then(|t| t.reshape((1, 1, 4 * c)))
             .map_err(weights)?;
-        let proj1 = candle_nn::linear(4 * c, h, emb.pp("img_projection.0")).map_err(weights)?;
-        let proj2 = candle_nn::linear(h, h, emb.pp("img_projection.2")).map_err(weights)?;
+        let proj1 = q
+            .linear(4 * c, h, true, emb.pp("img_projection.0"))
+            .map_err(weights)?;
+        let proj2 = q
+            .linear(h, h, true, emb.pp("img_projection.2"))
+            .map_err(weights)?;
         let text_vb = vb.pp("model");
         let embed_vb = if text_vb.contains_tensor("embed_tokens.weight") {
             text_vb.pp("embed_tokens")
         } else {
             emb.pp("wte")
         };
-        let embed = candle_nn::embedding(cfg.text.vocab_size, h, embed_vb).map_err(weights)?;
-        let text = Phi3::load(&cfg.text, text_vb, vb.pp("lm_head"), embed).map_err(weights)?;
+        let embed = q
+            .embedding(cfg.text.vocab_size, h, embed_vb)
+            .map_err(weights)?;
+        let text = Phi3::load(&cfg.text, text_vb, vb.pp("lm_head"), embed, &q).map_err(weights)?;
         Ok(Self {
             num_crops: pre.num_crops,
             mean,
@@ -350,6 +366,7 @@ impl Phi3V {
             last: None,
             device: device.clone(),
             dtype,
+            quantization: q.finish(&format!("phi3-v {}", dir.display())),
         })
     }
 
@@ -584,5 +601,9 @@ impl Vlm for Phi3V {
         self.last
             .as_ref()
             .and_then(|s| serde_json::to_value(s).ok())
+    }
+
+    fn quantization(&self) -> Option<&QuantSummary> {
+        self.quantization.as_ref()
     }
 }

@@ -3,10 +3,13 @@
 //! candle-transformers' `siglip`: the queries are scaled before the attention product (n·d
 //! multiplications instead of n²), and the tanh-approximated GELU runs on every core in one pass
 //! (candle's own `gelu` is one libm `tanhf` per element on one thread: ~18% of a SmolVLM answer).
+//! Its linear layers come from a [`Quantizer`] (dense, or 8/4-bit: [`super::quant`]).
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
-use candle_nn::{Conv2d, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, LayerNorm, VarBuilder};
 use rayon::prelude::*;
+
+use super::quant::{QLinear, Quantizer};
 
 /// The encoder's dimensions (a `vision_config`).
 #[derive(Debug, Clone)]
@@ -91,13 +94,13 @@ pub fn activate(x: &Tensor, act: Act) -> Result<Tensor> {
 
 struct Layer {
     ln1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: QLinear,
+    k: QLinear,
+    v: QLinear,
+    o: QLinear,
     ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: QLinear,
+    fc2: QLinear,
 }
 
 pub struct VisionEncoder {
@@ -109,8 +112,9 @@ pub struct VisionEncoder {
 }
 
 impl VisionEncoder {
-    /// Loads from `vb` holding `embeddings`, `encoder.layers.N` and `post_layernorm`.
-    pub fn load(dims: &Dims, vb: VarBuilder) -> Result<Self> {
+    /// Loads from `vb` holding `embeddings`, `encoder.layers.N` and `post_layernorm`, the linear
+    /// layers as `qz` makes them (the patch convolution and position embeddings stay dense).
+    pub fn load(dims: &Dims, vb: VarBuilder, qz: &Quantizer) -> Result<Self> {
         let d = dims.hidden;
         let e = vb.pp("embeddings");
         let patch = candle_nn::conv2d(
@@ -131,13 +135,13 @@ impl VisionEncoder {
             let a = l.pp("self_attn");
             layers.push(Layer {
                 ln1: candle_nn::layer_norm(d, dims.eps, l.pp("layer_norm1"))?,
-                q: candle_nn::linear(d, d, a.pp("q_proj"))?,
-                k: candle_nn::linear(d, d, a.pp("k_proj"))?,
-                v: candle_nn::linear(d, d, a.pp("v_proj"))?,
-                o: candle_nn::linear(d, d, a.pp("out_proj"))?,
+                q: qz.linear(d, d, true, a.pp("q_proj"))?,
+                k: qz.linear(d, d, true, a.pp("k_proj"))?,
+                v: qz.linear(d, d, true, a.pp("v_proj"))?,
+                o: qz.linear(d, d, true, a.pp("out_proj"))?,
                 ln2: candle_nn::layer_norm(d, dims.eps, l.pp("layer_norm2"))?,
-                fc1: candle_nn::linear(d, dims.intermediate, l.pp("mlp.fc1"))?,
-                fc2: candle_nn::linear(dims.intermediate, d, l.pp("mlp.fc2"))?,
+                fc1: qz.linear(d, dims.intermediate, true, l.pp("mlp.fc1"))?,
+                fc2: qz.linear(dims.intermediate, d, true, l.pp("mlp.fc2"))?,
             });
         }
         let post_ln = candle_nn::layer_norm(d, dims.eps, vb.pp("post_layernorm"))?;

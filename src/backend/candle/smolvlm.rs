@@ -15,11 +15,11 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::Linear;
 use image::RgbImage;
 use serde::Deserialize;
 
 use super::llama::{Llama, LlamaConfig};
+use super::quant::{Precision, QLinear, QuantSummary, Quantizer};
 use super::siglip::{Act, Dims, VisionEncoder};
 use super::template::ChatTemplate;
 use super::{
@@ -352,17 +352,27 @@ pub struct SmolVlm {
     tokenizer: tokenizers::Tokenizer,
     template: ChatTemplate,
     vision: VisionEncoder,
-    proj: Linear,
+    proj: QLinear,
     scale: usize,
     text: Llama,
     image_token: u32,
     eos: Vec<u32>,
     device: Device,
     dtype: DType,
+    quantization: Option<QuantSummary>,
 }
 
 impl SmolVlm {
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, String> {
+    /// Loads the model at `precision`: a dtype, or (quantized) every linear layer of the
+    /// vision encoder, the connector and the decoder ([`super::quant`]).
+    pub fn load(
+        dir: &Path,
+        precision: impl Into<Precision>,
+        device: &Device,
+    ) -> Result<Self, String> {
+        let precision = precision.into();
+        let dtype = precision.dtype;
+        let q = Quantizer::new(precision.quant);
         let cfg: Config = read_json(dir, "config.json")?;
         let mut text_cfg = cfg.text_config.clone();
         text_cfg.tie_word_embeddings |= cfg.tie_word_embeddings;
@@ -432,15 +442,18 @@ impl SmolVlm {
                 dir.display()
             )
         };
-        let vision = VisionEncoder::load(&dims, vb.pp("model.vision_model")).map_err(weights)?;
-        let proj = candle_nn::linear_no_bias(
-            v.hidden_size * cfg.scale_factor.pow(2),
-            text_cfg.hidden_size,
-            vb.pp("model.connector.modality_projection.proj"),
-        )
-        .map_err(weights)?;
-        let text =
-            Llama::load(&text_cfg, vb.pp("model.text_model"), vb.pp("lm_head")).map_err(weights)?;
+        let vision =
+            VisionEncoder::load(&dims, vb.pp("model.vision_model"), &q).map_err(weights)?;
+        let proj = q
+            .linear(
+                v.hidden_size * cfg.scale_factor.pow(2),
+                text_cfg.hidden_size,
+                false,
+                vb.pp("model.connector.modality_projection.proj"),
+            )
+            .map_err(weights)?;
+        let text = Llama::load(&text_cfg, vb.pp("model.text_model"), vb.pp("lm_head"), &q)
+            .map_err(weights)?;
         Ok(Self {
             processor,
             last_prefill: PrefillTimes::default(),
@@ -454,6 +467,7 @@ impl SmolVlm {
             eos,
             device: device.clone(),
             dtype,
+            quantization: q.finish(&format!("smolvlm {}", dir.display())),
         })
     }
 
@@ -591,5 +605,9 @@ impl Vlm for SmolVlm {
 
     fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
+    }
+
+    fn quantization(&self) -> Option<&QuantSummary> {
+        self.quantization.as_ref()
     }
 }

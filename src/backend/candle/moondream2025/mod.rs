@@ -45,6 +45,7 @@ use self::config::{CROP, Config, GRID};
 use self::crops::Crops;
 use self::text::{Attend, Text};
 use self::vision::{Stages, Vision};
+use super::quant::{self, Precision, QuantSummary, Quantizer};
 use super::{Prefill, Vlm, decode_image};
 use crate::backend::{Request, Role};
 
@@ -84,18 +85,20 @@ pub struct Moondream2025 {
     eos: Vec<u32>,
     device: Device,
     dtype: DType,
+    quantization: Option<QuantSummary>,
 }
 
 /// The weights' layout decides: the 2025 one has [`LAYOUT_KEY`]; otherwise the 2024 one, on
 /// candle-transformers' `moondream`. `tokenizer` is a `tokenizer.json` to use instead of the
-/// model folder's own.
+/// model folder's own. Quantized weights (`precision`) exist for the 2025 layout only.
 pub fn load(
     dir: &Path,
     tokenizer: Option<&Path>,
-    dtype: DType,
+    precision: impl Into<Precision>,
     device: &Device,
 ) -> Result<Box<dyn Vlm>, String> {
-    let vb = super::var_builder(dir, dtype, device)?;
+    let precision = precision.into();
+    let vb = super::var_builder(dir, precision.dtype, device)?;
     if vb.contains_tensor(LAYOUT_KEY) {
         tracing::info!(dir = %dir.display(), "moondream2: the 2025 layout");
         let default = dir.join("tokenizer.json");
@@ -103,13 +106,25 @@ pub fn load(
             dir,
             tokenizer.unwrap_or(&default),
             tokenizer.is_none(),
-            dtype,
+            precision,
             device,
         )?))
     } else {
         tracing::info!(dir = %dir.display(), "moondream2: the 2024 layout");
+        if let Some(q) = precision.quant {
+            return Err(quant::unsupported(
+                &format!(
+                    "moondream2's 2024 layout (the weights in {} have no `{LAYOUT_KEY}`)",
+                    dir.display()
+                ),
+                q,
+            ));
+        }
         Ok(Box::new(super::moondream::Moondream::load_with_tokenizer(
-            dir, tokenizer, dtype, device,
+            dir,
+            tokenizer,
+            precision.dtype,
+            device,
         )?))
     }
 }
@@ -122,9 +137,12 @@ impl Moondream2025 {
         dir: &Path,
         tokenizer_file: &Path,
         from_repo: bool,
-        dtype: DType,
+        precision: impl Into<Precision>,
         device: &Device,
     ) -> Result<Self, String> {
+        let precision = precision.into();
+        let dtype = precision.dtype;
+        let q = Quantizer::new(precision.quant);
         let cfg = Config::load(dir)?;
         let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_file)
             .map_err(|e| format!("cannot load {}: {e}", tokenizer_file.display()))?;
@@ -136,8 +154,8 @@ impl Moondream2025 {
                 dir.display()
             )
         };
-        let vision = Vision::load(&cfg.vision, vb.pp("model.vision")).map_err(weights)?;
-        let text = Text::load(&cfg.text, vb.pp("model.text")).map_err(weights)?;
+        let vision = Vision::load(&cfg.vision, vb.pp("model.vision"), &q).map_err(weights)?;
+        let text = Text::load(&cfg.text, vb.pp("model.text"), &q).map_err(weights)?;
         Ok(Self {
             eos: vec![cfg.tokenizer.eos_id],
             cfg,
@@ -146,6 +164,7 @@ impl Moondream2025 {
             tokenizer,
             device: device.clone(),
             dtype,
+            quantization: q.finish(&format!("moondream2 {}", dir.display())),
         })
     }
 
@@ -330,6 +349,10 @@ impl Vlm for Moondream2025 {
 
     fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
+    }
+
+    fn quantization(&self) -> Option<&QuantSummary> {
+        self.quantization.as_ref()
     }
 }
 

@@ -22,18 +22,19 @@
 //!   at every request). Its size comes from 1 + (378 / 14)², not from `text.prefix_attn`.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{HEAD_DIM, ROT_DIM, TextConfig};
 use super::vision::EPS;
+use crate::backend::candle::quant::{QEmbedding, QLinear, Quantizer};
 use crate::backend::candle::siglip::{Act, activate};
 
 struct Block {
     ln: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
-    fc1: Linear,
-    fc2: Linear,
+    qkv: QLinear,
+    proj: QLinear,
+    fc1: QLinear,
+    fc2: QLinear,
     /// `[1, kv_heads, positions, 64]` each.
     cache: Option<(Tensor, Tensor)>,
 }
@@ -48,10 +49,10 @@ pub enum Attend {
 }
 
 pub struct Text {
-    wte: Tensor,
+    wte: QEmbedding,
     blocks: Vec<Block>,
     post_ln: LayerNorm,
-    lm_head: Linear,
+    lm_head: QLinear,
     /// `[max_context, 16]`, f32.
     cos: Tensor,
     sin: Tensor,
@@ -60,6 +61,7 @@ pub struct Text {
     max_context: usize,
     /// Positions in the cache.
     pos: usize,
+    device: Device,
 }
 
 /// `precompute_freqs_cis(32, n)` of `rope.py`, in f32 as the reference computes it: the cosines
@@ -85,8 +87,9 @@ pub fn rotary_tables(n: usize, device: &Device) -> Result<(Tensor, Tensor)> {
 }
 
 impl Text {
-    /// Loads `model.text.*` (the `vb` given is at `model.text`).
-    pub fn load(c: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    /// Loads `model.text.*` (the `vb` given is at `model.text`), the linear layers and the token
+    /// embeddings as `q` makes them.
+    pub fn load(c: &TextConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let d = c.dim;
         let qkv_dim = (c.n_heads + 2 * c.n_kv_heads) * HEAD_DIM;
         let mut blocks = Vec::with_capacity(c.n_layers);
@@ -94,25 +97,29 @@ impl Text {
             let b = vb.pp(format!("blocks.{i}"));
             blocks.push(Block {
                 ln: candle_nn::layer_norm(d, EPS, b.pp("ln"))?,
-                qkv: candle_nn::linear(d, qkv_dim, b.pp("attn.qkv"))?,
-                proj: candle_nn::linear(d, d, b.pp("attn.proj"))?,
-                fc1: candle_nn::linear(d, c.ff_dim, b.pp("mlp.fc1"))?,
-                fc2: candle_nn::linear(c.ff_dim, d, b.pp("mlp.fc2"))?,
+                qkv: q.linear(d, qkv_dim, true, b.pp("attn.qkv"))?,
+                proj: q.linear(d, d, true, b.pp("attn.proj"))?,
+                fc1: q.linear(d, c.ff_dim, true, b.pp("mlp.fc1"))?,
+                fc2: q.linear(c.ff_dim, d, true, b.pp("mlp.fc2"))?,
                 cache: None,
             });
         }
         let (cos, sin) = rotary_tables(c.max_context, vb.device())?;
         Ok(Self {
-            wte: vb.get((c.vocab_size, d), "wte")?,
+            wte: q.embedding_from(
+                vb.get((c.vocab_size, d), "wte")?,
+                &format!("{}.wte", vb.prefix()),
+            )?,
             blocks,
             post_ln: candle_nn::layer_norm(d, EPS, vb.pp("post_ln"))?,
-            lm_head: candle_nn::linear(d, c.vocab_size, vb.pp("lm_head"))?,
+            lm_head: q.linear(d, c.vocab_size, true, vb.pp("lm_head"))?,
             cos,
             sin,
             heads: c.n_heads,
             kv_heads: c.n_kv_heads,
             max_context: c.max_context,
             pos: 0,
+            device: vb.device().clone(),
         })
     }
 
@@ -131,8 +138,8 @@ impl Text {
 
     /// Token embeddings `[n, dim]`.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let ids = Tensor::new(ids, self.wte.device())?;
-        self.wte.index_select(&ids, 0)
+        let ids = Tensor::new(ids, &self.device)?;
+        self.wte.forward(&ids)
     }
 
     /// Runs `x` (`[n, dim]`) at the next `n` positions, filling the cache; returns the hidden

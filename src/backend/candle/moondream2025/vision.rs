@@ -23,29 +23,30 @@
 //! with a peak memory of one crop's attention.
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{GRID, PATCH, VisionConfig};
 use super::crops::{pool_matrix, stitch_layout};
+use crate::backend::candle::quant::{QLinear, Quantizer};
 use crate::backend::candle::siglip::{Act, activate};
 
 struct Block {
     ln1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
+    qkv: QLinear,
+    proj: QLinear,
     ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: QLinear,
+    fc2: QLinear,
 }
 
 pub struct Vision {
-    patch_emb: Linear,
+    patch_emb: QLinear,
     /// `[729, enc_dim]`.
     pos_emb: Tensor,
     blocks: Vec<Block>,
     post_ln: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: QLinear,
+    fc2: QLinear,
     heads: usize,
     dim: usize,
     overlap_margin: usize,
@@ -66,21 +67,22 @@ pub struct Stages {
 pub(super) const EPS: f64 = 1e-5;
 
 impl Vision {
-    /// Loads `model.vision.*` (the `vb` given is at `model.vision`).
-    pub fn load(c: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    /// Loads `model.vision.*` (the `vb` given is at `model.vision`), the linear layers as `q`
+    /// makes them.
+    pub fn load(c: &VisionConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let d = c.enc_dim;
-        let patch_emb = candle_nn::linear(3 * PATCH * PATCH, d, vb.pp("patch_emb"))?;
+        let patch_emb = q.linear(3 * PATCH * PATCH, d, true, vb.pp("patch_emb"))?;
         let pos_emb = vb.get((1, GRID * GRID, d), "pos_emb")?.squeeze(0)?;
         let mut blocks = Vec::with_capacity(c.enc_n_layers);
         for i in 0..c.enc_n_layers {
             let b = vb.pp(format!("blocks.{i}"));
             blocks.push(Block {
                 ln1: candle_nn::layer_norm(d, EPS, b.pp("ln1"))?,
-                qkv: candle_nn::linear(d, 3 * d, b.pp("attn.qkv"))?,
-                proj: candle_nn::linear(d, d, b.pp("attn.proj"))?,
+                qkv: q.linear(d, 3 * d, true, b.pp("attn.qkv"))?,
+                proj: q.linear(d, d, true, b.pp("attn.proj"))?,
                 ln2: candle_nn::layer_norm(d, EPS, b.pp("ln2"))?,
-                fc1: candle_nn::linear(d, c.enc_ff_dim, b.pp("mlp.fc1"))?,
-                fc2: candle_nn::linear(c.enc_ff_dim, d, b.pp("mlp.fc2"))?,
+                fc1: q.linear(d, c.enc_ff_dim, true, b.pp("mlp.fc1"))?,
+                fc2: q.linear(c.enc_ff_dim, d, true, b.pp("mlp.fc2"))?,
             });
         }
         Ok(Self {
@@ -88,8 +90,13 @@ impl Vision {
             pos_emb,
             blocks,
             post_ln: candle_nn::layer_norm(d, EPS, vb.pp("post_ln"))?,
-            fc1: candle_nn::linear(2 * d, c.proj_inner_dim, vb.pp("proj_mlp.fc1"))?,
-            fc2: candle_nn::linear(c.proj_inner_dim, c.proj_out_dim, vb.pp("proj_mlp.fc2"))?,
+            fc1: q.linear(2 * d, c.proj_inner_dim, true, vb.pp("proj_mlp.fc1"))?,
+            fc2: q.linear(
+                c.proj_inner_dim,
+                c.proj_out_dim,
+                true,
+                vb.pp("proj_mlp.fc2"),
+            )?,
             heads: c.enc_n_heads,
             dim: d,
             overlap_margin: c.overlap_margin,
