@@ -708,19 +708,38 @@ impl Sandbox {
     /// `vlmtest run -- ARGS` with `suites` and the given snapshot directory, stdout and stderr
     /// going to files, in a clean environment.
     fn run(&self, suites: &str, snapshots: &Path, args: &[&str]) -> Result<Outcome, String> {
+        self.run_env(suites, snapshots, args, &[])
+    }
+
+    /// [`Sandbox::run`] with extra environment variables.
+    fn run_env(
+        &self,
+        suites: &str,
+        snapshots: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Outcome, String> {
         let io = |e: std::io::Error| format!("running {BIN}: {e}");
         let out_path = self.dir.join("harness.stdout");
         let err_path = self.dir.join("harness.stderr");
         let mut cmd = Command::new(BIN);
-        cmd.arg("run")
-            .arg("--")
-            .args(args)
-            .current_dir(&self.dir)
+        match args.first() {
+            // `vlmtest baseline ...` rather than a harness run.
+            Some(&"baseline") => cmd.args(args),
+            _ => cmd.arg("run").arg("--").args(args),
+        };
+        cmd.current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(File::create(&out_path).map_err(io)?)
             .stderr(File::create(&err_path).map_err(io)?);
         for var in [
             "CI",
+            "NEXTEST_RUN_ID",
+            "VLMTEST_BASELINES",
+            "VLMTEST_CACHE",
+            "VLMTEST_CACHE_DIR",
+            "VLMTEST_GATES",
+            "VLMTEST_SERVED",
             "INSTA_UPDATE",
             "INSTA_FORCE_PASS",
             "VLMTEST_REQUIRE_MODELS",
@@ -733,7 +752,8 @@ impl Sandbox {
             .env("VLMTEST_MODELS", self.dir.join("models.toml"))
             .env("VLMTEST_SUITES", self.dir.join(suites))
             .env("VLMTEST_OUT", self.dir.join("out"))
-            .env("VLMTEST_SNAPSHOTS", snapshots);
+            .env("VLMTEST_SNAPSHOTS", snapshots)
+            .envs(env.iter().copied());
         settle();
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(io)?;
@@ -927,9 +947,16 @@ fn bench() -> Result<(), String> {
     // a. --list
     let mut list = Series::default();
     let mut list_rss = Series::default();
+    let mut first_case = String::new();
     for rep in 0..warmups + runs {
         let o = sandbox.run("suites", &unused_snapshots, &["--list"])?;
         let listed = o.stdout.lines().filter(|l| l.ends_with(": test")).count();
+        first_case = o
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_suffix(": test"))
+            .unwrap_or_default()
+            .to_string();
         if o.code != Some(0) || listed != trials {
             return Err(format!(
                 "--list: expected exit code 0 and {trials} trials, got {listed}\n{}",
@@ -1021,6 +1048,122 @@ fn bench() -> Result<(), String> {
         }
     }
 
+    // f. with a baseline per model (one regression trial per model × suite more) and g. with
+    // record/replay: writing every answer to a recording, then replaying all of them (no
+    // request reaches the server).
+    let baselines = dir.join("baselines-bench");
+    let bl = sandbox.run_env(
+        "suites",
+        &unused_snapshots,
+        &["baseline"],
+        &[("VLMTEST_BASELINES", baselines.to_str().unwrap_or_default())],
+    )?;
+    if bl.code != Some(0) || count_files(&baselines, ".json") != n_models {
+        return Err(format!("vlmtest baseline: {}", bl.tail()));
+    }
+    server.stats.take();
+    let recordings = dir.join("recordings-bench");
+    let baselines_s = baselines.to_str().unwrap_or_default().to_string();
+    let recordings_s = recordings.to_str().unwrap_or_default().to_string();
+    let mut baseline_s = Series::default();
+    let mut cache_write_s = Series::default();
+    let mut cache_read_s = Series::default();
+    for rep in 0..warmups + runs {
+        let measured = rep >= warmups;
+        let o = sandbox.run_env(
+            "suites",
+            &unused_snapshots,
+            &run_args,
+            &[("VLMTEST_BASELINES", &baselines_s)],
+        )?;
+        let with_regressions = trials + n_models;
+        if o.code != Some(0) || o.passed() != Some(with_regressions) {
+            return Err(format!(
+                "full run with baselines: expected exit code 0 and {with_regressions} passed (a regression trial per model), got {:?}\n{}",
+                o.passed(),
+                o.tail()
+            ));
+        }
+        check_server("full run with baselines", &server.stats.take(), n_models)?;
+
+        // A fresh recording each time, so every run writes all of it.
+        let _ = std::fs::remove_dir_all(&recordings);
+        let cache = |mode: &'static str| {
+            [
+                ("VLMTEST_CACHE", mode),
+                ("VLMTEST_CACHE_DIR", recordings_s.as_str()),
+            ]
+        };
+        let w = sandbox.run_env("suites", &unused_snapshots, &run_args, &cache("write"))?;
+        check_run("full run, recording", &w)?;
+        check_server("full run, recording", &server.stats.take(), n_models)?;
+        let r = sandbox.run_env("suites", &unused_snapshots, &run_args, &cache("strict"))?;
+        check_run("full run, replayed (strict)", &r)?;
+        let rs = server.stats.take();
+        if rs.chats != 0 || rs.probes != 0 {
+            return Err(format!(
+                "full run, replayed (strict): the server got {} chat requests and {} probes, expected none",
+                rs.chats, rs.probes
+            ));
+        }
+        eprintln!(
+            "  {} {}: with baselines {:.3} s, recording {:.3} s, replaying {:.3} s",
+            if measured { "run" } else { "warm-up" },
+            if measured { rep + 1 - warmups } else { rep + 1 },
+            o.wall.as_secs_f64(),
+            w.wall.as_secs_f64(),
+            r.wall.as_secs_f64()
+        );
+        if measured {
+            baseline_s.push(o.wall.as_secs_f64());
+            cache_write_s.push(w.wall.as_secs_f64());
+            cache_read_s.push(r.wall.as_secs_f64());
+        }
+    }
+
+    // e. cargo-nextest: one process per trial, all writing one report. A process that runs one
+    // case after the run's records are there, against one that runs it with no records.
+    let run_id = std::fs::read_to_string(dir.join("out/run-id"))
+        .map_err(|e| format!("out/run-id after the full runs: {e}"))?;
+    let one = ["--exact", first_case.as_str()];
+    let nextest_run = |id: &str, what: &str| -> Result<Outcome, String> {
+        let o = sandbox.run_env("suites", &unused_snapshots, &one, &[("NEXTEST_RUN_ID", id)])?;
+        if o.code != Some(0) || o.passed() != Some(1) {
+            return Err(format!(
+                "{what}: expected exit code 0 and 1 passed\n{}",
+                o.tail()
+            ));
+        }
+        Ok(o)
+    };
+    let mut nextest_full = Series::default();
+    let mut nextest_empty = Series::default();
+    for rep in 0..warmups + runs {
+        let o = nextest_run(run_id.trim(), "one trial after the run's records")?;
+        if rep >= warmups {
+            nextest_full.push(o.wall.as_secs_f64());
+        }
+    }
+    let records =
+        std::fs::read_to_string(dir.join("out/cases.jsonl")).map_or(0, |t| t.lines().count());
+    if records < case_trials {
+        return Err(format!(
+            "one trial after the run's records: cases.jsonl has {records} lines, expected at least {case_trials}"
+        ));
+    }
+    for rep in 0..warmups + runs {
+        // A new run id: the process starts the run's records afresh.
+        let o = nextest_run(&format!("bench-empty-{rep}"), "one trial, no records")?;
+        if rep >= warmups {
+            nextest_empty.push(o.wall.as_secs_f64());
+        }
+    }
+    eprintln!(
+        "  nextest-style process: {:.3} s after {records} records, {:.3} s with none",
+        nextest_full.median(),
+        nextest_empty.median()
+    );
+
     // Figures.
     let reference_med = reference_s.median();
     let full_med = full_s.median();
@@ -1037,6 +1180,7 @@ fn bench() -> Result<(), String> {
         "full": format!("{cmd_env} VLMTEST_SUITES=$D/suites VLMTEST_SNAPSHOTS=$D/snapshots-unused {BIN} run -- --test-threads {THREADS}"),
         "snapshots": format!("{cmd_env} VLMTEST_SUITES=$D/suites-snap VLMTEST_SNAPSHOTS=$D/snapshots-<run> {BIN} run -- --test-threads {THREADS}"),
         "reference": format!("in-process: one reqwest::blocking::Client, {THREADS} threads, POST {chat_url} with the same {requests} bodies, each case's turns in order"),
+        "nextest": format!("NEXTEST_RUN_ID=<$D/out/run-id, or a new id for no records> {cmd_env} VLMTEST_SUITES=$D/suites VLMTEST_SNAPSHOTS=$D/snapshots-unused {BIN} run -- --exact {first_case}"),
     });
 
     let mut t = String::new();
@@ -1126,6 +1270,43 @@ fn bench() -> Result<(), String> {
         "     runner overhead per case {:>26.1} µs",
         overhead_snap_us
     );
+    row(
+        &mut t,
+        "f. full run with a baseline per model",
+        &baseline_s,
+        "s",
+        1.0,
+    );
+    let _ = writeln!(
+        t,
+        "     runner overhead per case {:>26.1} µs   (+{} regression trials)",
+        per_case_us(baseline_s.median()),
+        n_models
+    );
+    row(
+        &mut t,
+        "g. full run recording (VLMTEST_CACHE=write)",
+        &cache_write_s,
+        "s",
+        1.0,
+    );
+    let _ = writeln!(
+        t,
+        "     runner overhead per case {:>26.1} µs",
+        per_case_us(cache_write_s.median())
+    );
+    row(
+        &mut t,
+        "g. full run replayed (VLMTEST_CACHE=strict)",
+        &cache_read_s,
+        "s",
+        1.0,
+    );
+    let _ = writeln!(
+        t,
+        "     time per case, no request sent {:>20.1} µs",
+        cache_read_s.median() / case_trials as f64 * 1e6
+    );
     let to_mib = 1.0 / (1024.0 * 1024.0);
     row(
         &mut t,
@@ -1148,6 +1329,25 @@ fn bench() -> Result<(), String> {
         "MiB",
         to_mib,
     );
+    row(
+        &mut t,
+        &format!("e. one-trial process after {records} records"),
+        &nextest_full,
+        "s",
+        1.0,
+    );
+    row(
+        &mut t,
+        "e. one-trial process, no records",
+        &nextest_empty,
+        "s",
+        1.0,
+    );
+    let _ = writeln!(
+        t,
+        "     cost of the run's records per process {:>13.3} s",
+        nextest_full.median() - nextest_empty.median()
+    );
     let busy_row = |t: &mut String, name: &str, s: &Series| {
         let _ = writeln!(
             t,
@@ -1169,7 +1369,7 @@ fn bench() -> Result<(), String> {
         }
     );
     let _ = writeln!(t, "\ncommands ($D = {}):", dir.display());
-    for k in ["list", "full", "snapshots", "reference"] {
+    for k in ["list", "full", "snapshots", "reference", "nextest"] {
         let _ = writeln!(t, "  {k}: {}", commands[k].as_str().unwrap_or(""));
     }
     println!("{t}");
@@ -1198,6 +1398,12 @@ fn bench() -> Result<(), String> {
             "snapshot_run_s": snap_s.json(),
             "snapshot_run_over_reference": snap_med / reference_med,
             "snapshot_overhead_per_case_us": overhead_snap_us,
+            "baseline_run_s": baseline_s.json(),
+            "baseline_overhead_per_case_us": per_case_us(baseline_s.median()),
+            "cache_write_run_s": cache_write_s.json(),
+            "cache_write_overhead_per_case_us": per_case_us(cache_write_s.median()),
+            "cache_replay_run_s": cache_read_s.json(),
+            "nextest_one_trial_s": {"after_records": nextest_full.json(), "records": records, "no_records": nextest_empty.json()},
             "peak_rss_bytes": {"list": list_rss.json(), "full_run": full_rss.json(), "snapshot_run": snap_rss.json()},
             "server_busy_s": {"reference": ref_busy.json(), "full_run": full_busy.json(), "snapshot_run": snap_busy.json()},
             "bodies_identical": bodies_identical,

@@ -23,60 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::backend::{Generation, Request};
 use crate::fingerprint::{Fingerprint, hex};
 
-/// `VLMTEST_CACHE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CacheMode {
-    /// Nothing is read or written.
-    #[default]
-    Off,
-    /// Recorded answers are replayed; a miss asks the model.
-    Read,
-    /// Every answer is asked live and recorded.
-    Write,
-    /// Recorded answers are replayed; a miss asks the model and records the answer.
-    ReadWrite,
-    /// Recorded answers are replayed; a miss fails the trial (saying what changed) and nothing
-    /// is ever asked live: no weights are loaded, no server started, no request sent.
-    Strict,
-}
-
-impl CacheMode {
-    pub fn parse(v: &str) -> Result<CacheMode, String> {
-        Ok(match v.trim() {
-            "" | "off" => CacheMode::Off,
-            "read" => CacheMode::Read,
-            "write" => CacheMode::Write,
-            "readwrite" => CacheMode::ReadWrite,
-            "strict" => CacheMode::Strict,
-            other => {
-                return Err(format!(
-                    "VLMTEST_CACHE=`{other}` is not understood (expected one of: off, read, write, readwrite, strict)"
-                ));
-            }
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CacheMode::Off => "off",
-            CacheMode::Read => "read",
-            CacheMode::Write => "write",
-            CacheMode::ReadWrite => "readwrite",
-            CacheMode::Strict => "strict",
-        }
-    }
-
-    pub fn reads(self) -> bool {
-        matches!(
-            self,
-            CacheMode::Read | CacheMode::ReadWrite | CacheMode::Strict
-        )
-    }
-
-    pub fn writes(self) -> bool {
-        matches!(self, CacheMode::Write | CacheMode::ReadWrite)
-    }
-}
+pub use crate::kinds::CacheMode;
 
 /// The parts of a key, each hashed, so that a miss can say which part changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

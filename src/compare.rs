@@ -296,23 +296,6 @@ impl Comparison {
 
 /// A model × suite of this run against the model's baseline, with the suite's `gate.alpha`
 /// (default 0.05) and `gate.max_drop`; `None` when the baseline has no case of the suite.
-pub fn against_baseline(
-    baseline: &Baseline,
-    suite: &crate::config::Suite,
-    new: &[CaseOutcome],
-    now: Option<&Fingerprint>,
-) -> Option<Comparison> {
-    against(
-        baseline,
-        &suite.name,
-        suite.gate.alpha,
-        suite.gate.max_drop,
-        new,
-        now,
-    )
-}
-
-/// As [`against_baseline`], from plain figures (`vlmtest merge` has no suite files).
 pub fn against(
     baseline: &Baseline,
     suite: &str,

@@ -302,7 +302,14 @@ impl Run {
             .collect();
         let new = crate::compare::outcomes_of(results.iter().map(|r| r.as_ref()), model);
         let now = self.slots[gate.model].fingerprint();
-        match crate::compare::against_baseline(baseline, suite, &new, Some(now)) {
+        match crate::compare::against(
+            baseline,
+            &suite.name,
+            suite.gate.alpha,
+            suite.gate.max_drop,
+            &new,
+            Some(now),
+        ) {
             None => TrialOutcome::Ignored(format!(
                 "the baseline of `{model}` has no case of suite `{}` (re-take it with `vlmtest baseline`)",
                 suite.name

@@ -73,7 +73,8 @@ pub struct TurnResult {
     pub latency_ms: f64,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
-    /// From the start of the request to the first new token (in-process models).
+    /// From the start of the request to the first new token (in-process models; servers that
+    /// report their own timings, such as llama-server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_first_token_ms: Option<f64>,
     /// Decoding speed after the first token: (tokens - 1) / (latency - time to first token).

