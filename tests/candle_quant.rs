@@ -349,7 +349,7 @@ fn moondream2_2024_has_no_quantized_path_and_says_so() {
             &Device::Cpu,
         ) {
             Ok(_) => panic!("moondream2024 loaded with {}", q.name()),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         assert!(
             e.contains(&format!("dtype = \"{}\" is not supported", q.name()))
