@@ -168,7 +168,7 @@ fn case(arch: &str, c: &Value) -> Case {
     }
 }
 
-fn load(arch: &str, p: Precision) -> Result<Box<dyn Vlm>, String> {
+fn load(arch: &str, p: Precision) -> Result<Box<dyn Vlm>, cb::Error> {
     let f = fixtures();
     let cpu = &Device::Cpu;
     Ok(match arch {
