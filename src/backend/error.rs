@@ -69,17 +69,25 @@ pub enum BackendError {
         log: String,
         log_tail: String,
     },
-    /// The in-process model failed (preprocessing, the forward pass, decoding).
+    /// The in-process model failed (preprocessing, the forward pass, decoding). Boxed: a
+    /// candle error is large, and every backend's `Result` would carry its size.
     #[cfg(feature = "candle")]
     #[error(transparent)]
-    Model(#[from] super::candle::Error),
+    Model(Box<super::candle::Error>),
+}
+
+#[cfg(feature = "candle")]
+impl From<super::candle::Error> for BackendError {
+    fn from(e: super::candle::Error) -> BackendError {
+        BackendError::Model(Box::new(e))
+    }
 }
 
 impl BackendError {
     /// [`BackendError::Model`], for `map_err`.
     #[cfg(feature = "candle")]
     pub fn model(e: super::candle::Error) -> BackendError {
-        BackendError::Model(e)
+        e.into()
     }
 }
 

@@ -78,7 +78,7 @@ impl Checkpoint {
         move |source| Error::Weights {
             dir: dir.clone(),
             against,
-            source,
+            source: Box::new(source),
         }
     }
 }
