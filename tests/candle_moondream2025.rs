@@ -3,6 +3,7 @@
 //! tokens, preprocessing (tiling, Pillow-exact crops, bf16 normalisation), every vision stage,
 //! first-step logits within 1e-3, 12 greedy tokens exactly, stopping at EOS, and the same answers
 //! end to end through models.toml and the harness.
+#![cfg(feature = "candle")]
 
 mod common;
 #[path = "common/golden.rs"]
