@@ -127,6 +127,28 @@ pub struct Entry {
     pub answer: Recorded,
 }
 
+/// A recording file that cannot be written or tidied (`action`: create, open, lock, write,
+/// rewrite).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}: {source}", .path.display())]
+pub struct RecordingError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl RecordingError {
+    /// For `map_err`: `action` on `path` failed.
+    fn io(action: &'static str, path: &Path) -> impl Fn(std::io::Error) -> RecordingError {
+        let path = path.to_path_buf();
+        move |source| RecordingError {
+            action,
+            path: path.clone(),
+            source,
+        }
+    }
+}
+
 /// The recording of one model.
 pub struct Recording {
     path: PathBuf,
@@ -215,22 +237,20 @@ impl Recording {
     }
 
     /// Appends a live answer: one line, one `write` call, under an exclusive lock.
-    pub fn record(&self, entry: Entry) -> Result<(), String> {
+    pub fn record(&self, entry: Entry) -> Result<(), RecordingError> {
         let line = format!("{}\n", serde_json::to_string(&entry).unwrap_or_default());
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(RecordingError::io("create", dir))?;
         }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
-            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
-        f.lock()
-            .map_err(|e| format!("cannot lock {}: {e}", self.path.display()))?;
+            .map_err(RecordingError::io("write", &self.path))?;
+        f.lock().map_err(RecordingError::io("lock", &self.path))?;
         let written = f.write_all(line.as_bytes());
         let _ = f.unlock();
-        written.map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
+        written.map_err(RecordingError::io("write", &self.path))?;
         self.with_entries(|entries| entries.push(entry));
         self.wrote.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -238,14 +258,13 @@ impl Recording {
 
     /// Rewrites the file sorted by case and without duplicate keys (the last entry of a key
     /// wins), so that recordings diff well. Only when this process recorded something.
-    pub fn compact(&self) -> Result<(), String> {
+    pub fn compact(&self) -> Result<(), RecordingError> {
         if !self.wrote.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        let lock = File::open(&self.path)
-            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        let lock = File::open(&self.path).map_err(RecordingError::io("open", &self.path))?;
         lock.lock()
-            .map_err(|e| format!("cannot lock {}: {e}", self.path.display()))?;
+            .map_err(RecordingError::io("lock", &self.path))?;
         let mut entries = read_entries(&self.path);
         let mut last: BTreeMap<String, Entry> = BTreeMap::new();
         for e in entries.drain(..) {
@@ -262,7 +281,7 @@ impl Recording {
             .with_extension(format!("jsonl.tmp.{}", std::process::id()));
         let result = std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &self.path))
-            .map_err(|e| format!("cannot rewrite {}: {e}", self.path.display()));
+            .map_err(RecordingError::io("rewrite", &self.path));
         let _ = lock.unlock();
         result
     }

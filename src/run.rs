@@ -625,7 +625,7 @@ impl Run {
                 }
                 result.snapshot = status;
             }
-            Err(e) => reasons.push(e),
+            Err(e) => reasons.push(e.to_string()),
         }
     }
 

@@ -74,17 +74,25 @@ impl Snapshots {
     }
 
     /// Compares `content` with the accepted snapshot, writing files as the update mode says.
-    pub fn check(&self, path: &Path, meta: &Meta, content: &str) -> Result<SnapshotStatus, String> {
+    pub fn check(
+        &self,
+        path: &Path,
+        meta: &Meta,
+        content: &str,
+    ) -> Result<SnapshotStatus, SnapshotError> {
         let pending = pending_path(path);
         let existing = match std::fs::read_to_string(path) {
-            Ok(text) => Some(parse(&text).ok_or_else(|| {
-                format!(
-                    "snapshot {} is not in insta's format (expected a `---` header); delete it to record it again",
-                    path.display()
-                )
-            })?),
+            Ok(text) => {
+                Some(parse(&text).ok_or_else(|| SnapshotError::Format(path.to_path_buf()))?)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("cannot read snapshot {}: {e}", path.display())),
+            Err(source) => {
+                return Err(SnapshotError::Io {
+                    action: "read snapshot",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
         let mode = self.effective_mode();
         let content = normalize(content);
@@ -123,6 +131,23 @@ impl Snapshots {
     }
 }
 
+/// A snapshot file that cannot be read, parsed or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(
+        "snapshot {} is not in insta's format (expected a `---` header); delete it to record it again",
+        .0.display()
+    )]
+    Format(PathBuf),
+    /// `action`: what was being done ("read snapshot", "write snapshot", …).
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// `x.snap` → `x.snap.new`.
 pub fn pending_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -147,10 +172,13 @@ pub fn parse(text: &str) -> Option<String> {
     Some(normalize(content))
 }
 
-fn write(path: &Path, meta: &Meta, content: &str) -> Result<(), String> {
+fn write(path: &Path, meta: &Meta, content: &str) -> Result<(), SnapshotError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create snapshot directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
+            action: "create snapshot directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     // JSON strings are valid YAML double-quoted scalars.
     let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
@@ -162,7 +190,11 @@ fn write(path: &Path, meta: &Meta, content: &str) -> Result<(), String> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write snapshot {}: {e}", path.display()))
+        .map_err(|source| SnapshotError::Io {
+            action: "write snapshot",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -469,11 +469,15 @@ fn text_request(text: &str, with_image: bool) -> Request {
 #[test]
 fn an_answer_needs_an_image_and_a_question_may_not_carry_the_image_tag() {
     with_model(|m| {
-        let err = cb::run(m, &text_request("Hello?", false)).err().unwrap();
+        let err = cb::run(m, &text_request("Hello?", false))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("needs an image"), "{err}");
         let err = cb::run(m, &text_request("What is <image> here?", true))
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("`<image>`"), "{err}");
     });
 }
@@ -487,6 +491,7 @@ fn bad_configs_and_mismatched_weights_are_clear_errors() {
         Moondream::load(t.path(), DType::F32, &Device::Cpu)
             .err()
             .expect("must not load")
+            .to_string()
     };
     let err = load(r#"{"phi_config": {"hidden_size": "64"}}"#);
     assert!(

@@ -69,7 +69,7 @@ fn the_generation_loop_gives_the_same_tokens_and_needs_an_image() {
         }],
         params,
     };
-    let err = cb::run(&mut m, &text_only).err().unwrap();
+    let err = cb::run(&mut m, &text_only).err().unwrap().to_string();
     assert!(err.contains("needs an image"), "{err}");
 }
 

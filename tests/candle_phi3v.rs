@@ -285,7 +285,7 @@ fn broken(edit: impl Fn(&Path)) -> String {
     edit(tmp.path());
     match Phi3V::load(tmp.path(), DType::F32, &Device::Cpu) {
         Ok(_) => panic!("a broken checkpoint loaded"),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     }
 }
 

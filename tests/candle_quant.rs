@@ -168,7 +168,7 @@ fn case(arch: &str, c: &Value) -> Case {
     }
 }
 
-fn load(arch: &str, p: Precision) -> Result<Box<dyn Vlm>, String> {
+fn load(arch: &str, p: Precision) -> Result<Box<dyn Vlm>, cb::Error> {
     let f = fixtures();
     let cpu = &Device::Cpu;
     Ok(match arch {
@@ -349,7 +349,7 @@ fn moondream2_2024_has_no_quantized_path_and_says_so() {
             &Device::Cpu,
         ) {
             Ok(_) => panic!("moondream2024 loaded with {}", q.name()),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         assert!(
             e.contains(&format!("dtype = \"{}\" is not supported", q.name()))

@@ -198,20 +198,23 @@ fn a_broken_checkpoint_is_an_error_not_a_panic() {
     .unwrap();
     let err = SmolVlm::load(t.path(), DType::F32, &Device::Cpu)
         .err()
-        .expect("a mismatched config must not load");
+        .expect("a mismatched config must not load")
+        .to_string();
     assert!(err.contains("do not match config.json"), "{err}");
 
     std::fs::write(t.path().join("config.json"), "{\"text_config\": 3}").unwrap();
     let err = SmolVlm::load(t.path(), DType::F32, &Device::Cpu)
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(err.contains("config.json:1"), "{err}");
 
     std::fs::remove_file(t.path().join("model.safetensors")).unwrap();
     std::fs::copy(src.join("config.json"), t.path().join("config.json")).unwrap();
     let err = SmolVlm::load(t.path(), DType::F32, &Device::Cpu)
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
 

@@ -15,10 +15,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Subcommands and variables announced in the user contract (DESIGN.md) that another branch is
-/// adding to vlmtest right now (issue 11: `vlmtest merge`, gates deferred to it). Named here they
-/// are reported instead of failing; once this build has them, the test fails until they are
-/// taken off these lists, so nothing stays excused after it exists.
+// Subcommands and variables announced in the user contract (DESIGN.md) that another branch is
+// adding to vlmtest right now (issue 11: `vlmtest merge`, gates deferred to it). Named here they
+// are reported instead of failing; once this build has them, the test fails until they are
+// taken off these lists, so nothing stays excused after it exists.
 
 fn example() -> Value {
     let path = root().join("examples/ci/github-actions.yml");

@@ -298,7 +298,11 @@ fn repeats_ask_a_case_several_times_and_judge_its_pass_rate() {
     let seen = n.clone();
     let server = Server::start(move |_| {
         let i = seen.fetch_add(1, Ordering::SeqCst);
-        Reply::answer(if i % 2 == 0 { "Paris" } else { "London" })
+        Reply::answer(if i.is_multiple_of(2) {
+            "Paris"
+        } else {
+            "London"
+        })
     });
     let p = Project::new();
     p.suite(

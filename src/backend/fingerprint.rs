@@ -31,7 +31,7 @@ pub fn of(spec: &ModelSpec) -> Fingerprint {
                 settings.insert(
                     "tokenizer".into(),
                     match t {
-                        crate::config::TokenizerSource::Path(p) => files(&[p.clone()]),
+                        crate::config::TokenizerSource::Path(p) => files(std::slice::from_ref(p)),
                         crate::config::TokenizerSource::Hub { repo, revision } => {
                             hub(repo, revision)
                         }
@@ -40,7 +40,7 @@ pub fn of(spec: &ModelSpec) -> Fingerprint {
             }
             match &c.source {
                 ModelSource::Hub { repo, revision } => hub(repo, revision),
-                ModelSource::Path(p) => files(&[p.clone()]),
+                ModelSource::Path(p) => files(std::slice::from_ref(p)),
             }
         }
         BackendSpec::LlamaServer(l) => {

@@ -399,7 +399,9 @@ impl LlamaServer {
         guard
             .as_ref()
             .map(|r| r.client.clone())
-            .ok_or_else(|| BackendError(format!("llama-server for `{}` is not running", self.name)))
+            .ok_or_else(|| BackendError::NotRunning {
+                model: self.name.clone(),
+            })
     }
 
     /// Whether the server process has exited (crashed).
@@ -423,12 +425,12 @@ impl LlamaServer {
             return Ok(());
         }
         if *restarts >= 1 {
-            return Err(BackendError(format!(
-                "llama-server for `{}` died again ({status}) after a restart; last lines of {}:\n{}",
-                self.name,
-                self.log.display(),
-                log_tail(&self.log, 20)
-            )));
+            return Err(BackendError::Crashed {
+                model: self.name.clone(),
+                status: status.to_string(),
+                log: self.log.display().to_string(),
+                log_tail: log_tail(&self.log, 20),
+            });
         }
         *restarts += 1;
         tracing::warn!(model = %self.name, "llama-server exited ({status}); restarting it");
@@ -436,7 +438,7 @@ impl LlamaServer {
             self.stop(&mut old.child);
         }
         let running = self.launch(false).map_err(|e| match e {
-            LoadError::Failed(m) | LoadError::Unavailable(m) => BackendError(m),
+            LoadError::Failed(m) | LoadError::Unavailable(m) => BackendError::Restart(m),
         })?;
         *guard = Some(running);
         Ok(())
@@ -474,13 +476,15 @@ impl Backend for LlamaServer {
                 // The server crashed: start it again once, and ask again.
                 Some(status) => {
                     self.restart(&status)?;
-                    let mut g = self.client()?.generate(req).map_err(|e2| {
-                        BackendError(format!(
-                            "{e2} (after restarting llama-server, which had exited: {status}); last lines of {}:\n{}",
-                            self.log.display(),
-                            log_tail(&self.log, 20)
-                        ))
-                    })?;
+                    let mut g =
+                        self.client()?
+                            .generate(req)
+                            .map_err(|e2| BackendError::AfterRestart {
+                                source: Box::new(e2),
+                                status: status.clone(),
+                                log: self.log.display().to_string(),
+                                log_tail: log_tail(&self.log, 20),
+                            })?;
                     g.retries += 1;
                     Ok(g)
                 }

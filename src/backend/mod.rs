@@ -6,6 +6,7 @@
 
 #[cfg(feature = "candle")]
 pub mod candle;
+mod error;
 pub mod fingerprint;
 pub mod image_formats;
 pub mod llama_server;
@@ -71,15 +72,7 @@ pub struct Generation {
     pub preprocessing: Option<serde_json::Value>,
 }
 
-/// A failed generation, with a message for the user.
-#[derive(Debug, Clone)]
-pub struct BackendError(pub String);
-
-impl std::fmt::Display for BackendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use error::BackendError;
 
 /// An inference engine serving one model.
 pub trait Backend: Send + Sync {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::error::root_cause;
 use super::image_formats::ImageFormats;
 use super::{Backend, BackendError, Generation, Request, Semaphore};
 use crate::config::OpenAiSpec;
@@ -104,7 +105,7 @@ pub fn request_body(
         }
         let mut parts = Vec::with_capacity(m.images.len() + 1);
         for img in &m.images {
-            let url = images.data_url(img).map_err(BackendError)?;
+            let url = images.data_url(img).map_err(BackendError::Image)?;
             parts.push(json!({
                 "type": "image_url",
                 "image_url": {"url": &*url}
@@ -191,7 +192,7 @@ impl ServerTimings {
 /// [`parse_response`], and the server's own timings when it reports them.
 pub fn parse_reply(body: &str) -> Result<(Generation, Option<ServerTimings>), BackendError> {
     let v: Value = serde_json::from_str(body).map_err(|_| {
-        BackendError(format!(
+        BackendError::Protocol(format!(
             "the server's reply is not JSON: {:?}",
             body_start(body)
         ))
@@ -202,21 +203,19 @@ pub fn parse_reply(body: &str) -> Result<(Generation, Option<ServerTimings>), Ba
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| err.to_string());
-        return Err(BackendError(format!(
-            "the server answered with an error: {msg}"
-        )));
+        return Err(BackendError::Refused(msg));
     }
     let choices = v.get("choices").and_then(Value::as_array).ok_or_else(|| {
-        BackendError(format!(
+        BackendError::Protocol(format!(
             "the server's reply has no `choices`: {:?}",
             body_start(body)
         ))
     })?;
     let first = choices.first().ok_or_else(|| {
-        BackendError("the server's reply has an empty `choices` list".to_string())
+        BackendError::Protocol("the server's reply has an empty `choices` list".to_string())
     })?;
     let message = first.get("message").ok_or_else(|| {
-        BackendError(format!(
+        BackendError::Protocol(format!(
             "the server's first choice has no `message`: {:?}",
             body_start(body)
         ))
@@ -231,7 +230,7 @@ pub fn parse_reply(body: &str) -> Result<(Generation, Option<ServerTimings>), Ba
             .join(""),
         Some(Value::Null) | None => String::new(),
         Some(other) => {
-            return Err(BackendError(format!(
+            return Err(BackendError::Protocol(format!(
                 "the message content is neither text nor parts: {}",
                 body_start(&other.to_string())
             )));
@@ -291,9 +290,9 @@ fn retry_after(
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// One attempt's failure: its message, and whether trying again may help.
+/// One attempt's failure: what failed, and whether trying again may help.
 struct Attempt {
-    message: String,
+    error: BackendError,
     retryable: bool,
     wait: Option<Duration>,
 }
@@ -311,14 +310,16 @@ impl OpenAi {
         // reqwest's errors name the URL, never the headers: the key stays out of messages.
         let resp = call.send().map_err(|e| Attempt {
             retryable: !e.is_timeout() && (e.is_connect() || e.is_request() || e.is_body()),
-            message: if e.is_timeout() {
-                format!(
-                    "request to {} timed out after {:.1} s",
-                    self.url,
-                    remaining.as_secs_f64()
-                )
+            error: if e.is_timeout() {
+                BackendError::Timeout {
+                    url: self.url.clone(),
+                    after: remaining,
+                }
             } else {
-                format!("request to {} failed: {}", self.url, root_cause(&e))
+                BackendError::Transport {
+                    url: self.url.clone(),
+                    source: e,
+                }
             },
             wait: None,
         })?;
@@ -326,24 +327,27 @@ impl OpenAi {
         let wait = retry_after(resp.headers(), std::time::SystemTime::now());
         let text = resp.text().map_err(|e| Attempt {
             retryable: !e.is_timeout(),
-            message: format!(
-                "reading the reply from {} failed: {}",
-                self.url,
-                error_chain(&e)
-            ),
+            error: BackendError::Reply {
+                url: self.url.clone(),
+                source: e,
+            },
             wait: None,
         })?;
         if !status.is_success() {
             let code = status.as_u16();
             return Err(Attempt {
                 retryable: matches!(code, 429 | 502 | 503 | 504),
-                message: format!("HTTP {status} from {}: {:?}", self.url, body_start(&text)),
+                error: BackendError::Http {
+                    url: self.url.clone(),
+                    status,
+                    body: body_start(&text),
+                },
                 wait,
             });
         }
-        parse_reply(&text).map_err(|e| Attempt {
+        parse_reply(&text).map_err(|error| Attempt {
             retryable: false,
-            message: e.0,
+            error,
             wait: None,
         })
     }
@@ -375,51 +379,32 @@ impl Backend for OpenAi {
                 }
                 Err(f) => f,
             };
-            let tried = if retries > 0 {
-                format!(" (after {retries} retries)")
-            } else {
-                String::new()
-            };
             let alive = self.alive.as_ref().is_none_or(|f| f());
             if !failure.retryable || retries >= MAX_RETRIES || !alive {
-                return Err(BackendError(format!("{}{tried}", failure.message)));
+                return Err(gave_up(failure.error, retries, None));
             }
             let wait = failure.wait.unwrap_or_else(|| backoff(retries));
             if Instant::now() + wait >= deadline {
-                return Err(BackendError(format!(
-                    "{}{tried}; no time left to retry within timeout_s = {:.0}",
-                    failure.message,
-                    self.timeout.as_secs_f64()
-                )));
+                return Err(gave_up(failure.error, retries, Some(self.timeout)));
             }
-            tracing::info!(url = %self.url, retry = retries + 1, "retrying: {}", failure.message);
+            tracing::info!(url = %self.url, retry = retries + 1, "retrying: {}", failure.error);
             std::thread::sleep(wait);
             retries += 1;
         }
     }
 }
 
-/// The innermost error: "Connection refused (os error 111)" rather than reqwest's layers.
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut cur = e;
-    while let Some(inner) = cur.source() {
-        cur = inner;
+/// The last attempt's error, with the retries before it and, when `timeout` left no time for
+/// another, that timeout ([`BackendError::GaveUp`]); the error alone when neither applies.
+fn gave_up(last: BackendError, retries: u32, timeout: Option<Duration>) -> BackendError {
+    if retries == 0 && timeout.is_none() {
+        return last;
     }
-    cur.to_string()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = inner.source();
+    BackendError::GaveUp {
+        last: Box::new(last),
+        retries,
+        timeout,
     }
-    s
 }
 
 #[cfg(test)]
@@ -507,17 +492,21 @@ mod tests {
 
     #[test]
     fn malformed_replies_quote_the_body() {
-        let e = parse_response("<html><body>502 Bad Gateway</body></html>").unwrap_err();
+        let e = parse_response("<html><body>502 Bad Gateway</body></html>")
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.0.contains("not JSON") && e.0.contains("502 Bad Gateway"),
-            "{}",
-            e.0
+            e.contains("not JSON") && e.contains("502 Bad Gateway"),
+            "{e}"
         );
-        let e = parse_response(r#"{"choices":[]}"#).unwrap_err();
-        assert!(e.0.contains("empty `choices`"), "{}", e.0);
-        let e = parse_response(r#"{"choices":[{"index":0}]}"#).unwrap_err();
-        assert!(e.0.contains("no `message`"), "{}", e.0);
+        let e = parse_response(r#"{"choices":[]}"#).unwrap_err().to_string();
+        assert!(e.contains("empty `choices`"), "{e}");
+        let e = parse_response(r#"{"choices":[{"index":0}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no `message`"), "{e}");
         let e = parse_response(r#"{"error":{"message":"model not found"}}"#).unwrap_err();
-        assert!(e.0.contains("model not found"), "{}", e.0);
+        assert!(matches!(e, BackendError::Refused(_)), "{e:?}");
+        assert!(e.to_string().contains("model not found"), "{e}");
     }
 }

@@ -22,10 +22,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::read_json;
+use super::{Error, Result, read_json};
 
 /// The stop token ids for the model in `dir` (see the module documentation).
-pub fn stop_tokens(dir: &Path) -> Result<Vec<u32>, String> {
+pub fn stop_tokens(dir: &Path) -> Result<Vec<u32>> {
     let ids = if dir.join("generation_config.json").is_file() {
         let v: Value = read_json(dir, "generation_config.json")?;
         token_ids(
@@ -60,9 +60,12 @@ pub fn stop_tokens(dir: &Path) -> Result<Vec<u32>, String> {
 }
 
 /// `eos_token_id` as a list of ids: absent or `null` is none.
-fn token_ids(v: Option<&Value>, file: &str, key: &str) -> Result<Vec<u32>, String> {
+fn token_ids(v: Option<&Value>, file: &str, key: &str) -> Result<Vec<u32>> {
     let bad = |got: &Value| {
-        format!("{file}: `{key}` is {got} (expected a token id or a list of token ids)")
+        Error::invalid(
+            file,
+            format!("`{key}` is {got} (expected a token id or a list of token ids)"),
+        )
     };
     let id = |x: &Value| {
         x.as_u64()
@@ -123,13 +126,13 @@ mod tests {
     #[test]
     fn a_bad_value_names_the_file_and_key() {
         let d = dir(&[("generation_config.json", r#"{"eos_token_id": "</s>"}"#)]);
-        let e = stop_tokens(d.path()).unwrap_err();
+        let e = stop_tokens(d.path()).unwrap_err().to_string();
         assert!(e.contains("generation_config.json: `eos_token_id`"), "{e}");
         let d = dir(&[(
             "config.json",
             r#"{"text_config": {"eos_token_id": [2, -1]}}"#,
         )]);
-        let e = stop_tokens(d.path()).unwrap_err();
+        let e = stop_tokens(d.path()).unwrap_err().to_string();
         assert!(
             e.contains("config.json: `text_config.eos_token_id` is -1"),
             "{e}"

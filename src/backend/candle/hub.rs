@@ -159,14 +159,55 @@ fn token(cache: &Path) -> Option<String> {
         })
 }
 
+/// Why a download did not happen or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("HF_HUB_OFFLINE is set: not downloading {repo}@{revision} (unset it to fetch)")]
+    Offline { repo: String, revision: String },
+    #[error("cannot create the lock file {}: {source}", .path.display())]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot lock {}: {source}", .path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the Hugging Face client: {0}")]
+    Client(#[source] hf_hub::api::sync::ApiError),
+    #[error("cannot list {repo}@{revision}: {source}")]
+    List {
+        repo: String,
+        revision: String,
+        source: hf_hub::api::sync::ApiError,
+    },
+    #[error("{repo}@{revision} has no config, tokenizer or safetensors files")]
+    NothingToFetch { repo: String, revision: String },
+    #[error("cannot download {file} of {repo}@{revision}: {source}")]
+    Download {
+        file: String,
+        repo: String,
+        revision: String,
+        source: hf_hub::api::sync::ApiError,
+    },
+    /// The files arrived, but the snapshot still fails its check (`why`).
+    #[error("downloaded {repo}@{revision}, but it cannot be used: {why}")]
+    Unusable {
+        repo: String,
+        revision: String,
+        why: String,
+    },
+}
+
 /// Downloads `repo` at `revision` into the cache (`vlmtest fetch`), showing each file's
 /// progress on stderr; returns the snapshot folder.
-pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf, String> {
+pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf, FetchError> {
     fetch_checked(repo, revision, snapshot_in)
 }
 
 /// As [`fetch`], for a repo that holds only a tokenizer (`tokenizer_repo`).
-pub fn fetch_tokenizer(repo: &str, revision: &str) -> Result<PathBuf, String> {
+pub fn fetch_tokenizer(repo: &str, revision: &str) -> Result<PathBuf, FetchError> {
     fetch_checked(repo, revision, tokenizer_snapshot_in)
 }
 
@@ -178,11 +219,12 @@ fn tokenizer_snapshot_in(cache: &Path, repo: &str, revision: &str) -> Result<Pat
     tokenizer_in(cache, repo, revision).map(|f| f.parent().map(Path::to_path_buf).unwrap_or(f))
 }
 
-fn fetch_checked(repo: &str, revision: &str, check: Check) -> Result<PathBuf, String> {
+fn fetch_checked(repo: &str, revision: &str, check: Check) -> Result<PathBuf, FetchError> {
     if offline() {
-        return Err(format!(
-            "HF_HUB_OFFLINE is set: not downloading {repo}@{revision} (unset it to fetch)"
-        ));
+        return Err(FetchError::Offline {
+            repo: repo.into(),
+            revision: revision.into(),
+        });
     }
     let cache = cache_dir();
     let _one = one_download_at_a_time(&cache, repo)?;
@@ -266,7 +308,7 @@ static DOWNLOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Takes the process's download turn, then the repo's lock file in the cache
 /// (`.locks/models--{org}--{name}/vlmtest.lock`, beside huggingface_hub's own locks), waiting
 /// for whoever holds them.
-fn one_download_at_a_time(cache: &Path, repo: &str) -> Result<DownloadGuard, String> {
+fn one_download_at_a_time(cache: &Path, repo: &str) -> Result<DownloadGuard, FetchError> {
     let thread = DOWNLOADING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = cache
         .join(".locks")
@@ -280,7 +322,10 @@ fn one_download_at_a_time(cache: &Path, repo: &str) -> Result<DownloadGuard, Str
                 .write(true)
                 .open(&path)
         })
-        .map_err(|e| format!("cannot create the lock file {}: {e}", path.display()))?;
+        .map_err(|source| FetchError::LockFile {
+            path: path.clone(),
+            source,
+        })?;
     #[cfg(unix)]
     {
         use std::os::fd::AsRawFd;
@@ -292,11 +337,10 @@ fn one_download_at_a_time(cache: &Path, repo: &str) -> Result<DownloadGuard, Str
             ));
             // SAFETY: as above; blocks until the other process is done (or dies).
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(format!(
-                    "cannot lock {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                ));
+                return Err(FetchError::Lock {
+                    path,
+                    source: std::io::Error::last_os_error(),
+                });
             }
         }
     }
@@ -347,20 +391,22 @@ impl hf_hub::api::Progress for FileProgress<'_> {
 }
 
 /// Downloads the files of `repo` at `revision` that the cache lacks; returns the snapshot.
-fn download(cache: &Path, repo: &str, revision: &str, check: Check) -> Result<PathBuf, String> {
+fn download(cache: &Path, repo: &str, revision: &str, check: Check) -> Result<PathBuf, FetchError> {
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_cache_dir(cache.to_path_buf())
         .with_token(token(cache))
         .with_progress(false)
         .with_retries(3)
         .build()
-        .map_err(|e| format!("cannot set up the Hugging Face client: {e}"))?;
+        .map_err(FetchError::Client)?;
     let hub_repo =
         hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.into());
     let handle = api.repo(hub_repo.clone());
-    let info = handle
-        .info()
-        .map_err(|e| format!("cannot list {repo}@{revision}: {e}"))?;
+    let info = handle.info().map_err(|source| FetchError::List {
+        repo: repo.into(),
+        revision: revision.into(),
+        source,
+    })?;
     let mut files: Vec<String> = info
         .siblings
         .iter()
@@ -369,9 +415,10 @@ fn download(cache: &Path, repo: &str, revision: &str, check: Check) -> Result<Pa
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(format!(
-            "{repo}@{revision} has no config, tokenizer or safetensors files"
-        ));
+        return Err(FetchError::NothingToFetch {
+            repo: repo.into(),
+            revision: revision.into(),
+        });
     }
     let cached = hf_hub::Cache::new(cache.to_path_buf()).repo(hub_repo);
     let missing: Vec<&String> = files.iter().filter(|f| cached.get(f).is_none()).collect();
@@ -393,7 +440,12 @@ fn download(cache: &Path, repo: &str, revision: &str, check: Check) -> Result<Pa
         };
         handle
             .download_with_progress(f, progress)
-            .map_err(|e| format!("cannot download {f} of {repo}@{revision}: {e}"))?;
+            .map_err(|source| FetchError::Download {
+                file: f.to_string(),
+                repo: repo.into(),
+                revision: revision.into(),
+                source,
+            })?;
     }
     if !missing.is_empty() {
         crate::progress::note(format_args!(
@@ -411,9 +463,11 @@ fn download(cache: &Path, repo: &str, revision: &str, check: Check) -> Result<Pa
         }
     }
     check(cache, repo, revision).map_err(|e| match e {
-        Missing::NotCached(why) | Missing::Broken(why) => {
-            format!("downloaded {repo}@{revision}, but it cannot be used: {why}")
-        }
+        Missing::NotCached(why) | Missing::Broken(why) => FetchError::Unusable {
+            repo: repo.into(),
+            revision: revision.into(),
+            why,
+        },
     })
 }
 

@@ -86,7 +86,8 @@ impl LlamaConfig {
     }
 
     /// What this implementation does not do, said before loading rather than computed wrongly.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    pub fn check(&self) -> super::Result<()> {
+        use super::Error;
         super::check_sizes(
             "config.json",
             &[
@@ -100,10 +101,10 @@ impl LlamaConfig {
             ],
         )?;
         if self.hidden_act != "silu" {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "text_config.hidden_act `{}` is not supported (expected silu)",
                 self.hidden_act
-            ));
+            )));
         }
         let scaled = |v: &Option<serde_json::Value>| {
             v.as_ref()
@@ -112,20 +113,20 @@ impl LlamaConfig {
                 .is_some_and(|t| t != "default")
         };
         if scaled(&self.rope_scaling) || scaled(&self.rope_parameters) {
-            return Err(
-                "text_config: rope scaling is not supported (only rope_type \"default\")".into(),
-            );
+            return Err(Error::unsupported(
+                "text_config: rope scaling is not supported (only rope_type \"default\")",
+            ));
         }
         if self.num_attention_heads == 0
             || !self
                 .num_attention_heads
                 .is_multiple_of(self.kv_heads().max(1))
         {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "text_config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.kv_heads()
-            ));
+            )));
         }
         Ok(())
     }

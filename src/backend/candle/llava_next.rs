@@ -29,7 +29,8 @@ use super::llama::{Llama, LlamaConfig};
 use super::quant::{Precision, QLinear, QuantSummary, Quantizer};
 use super::template::ChatTemplate;
 use super::{
-    Prefill, Vlm, load_tokenizer, push_chw, read_json, request_images, resize_rgb, splice_images,
+    Checkpoint, Error, Prefill, Result, Vlm, push_chw, read_json, request_images, resize_rgb,
+    splice_images,
 };
 use crate::backend::Request;
 use crate::resample::Filter;
@@ -224,11 +225,7 @@ pub struct Encoded {
 }
 
 impl LlavaNext {
-    pub fn load(
-        dir: &Path,
-        precision: impl Into<Precision>,
-        device: &Device,
-    ) -> Result<Self, String> {
+    pub fn load(dir: &Path, precision: impl Into<Precision>, device: &Device) -> Result<Self> {
         let precision = precision.into();
         let dtype = precision.dtype;
         let q = Quantizer::new(precision.quant);
@@ -238,9 +235,9 @@ impl LlavaNext {
         text_cfg.check()?;
         let pre: PreprocessorConfig = read_json(dir, "preprocessor_config.json")?;
         let filter = Filter::from_pil(pre.resample).ok_or_else(|| {
-            format!(
-                "preprocessor_config.json: resample {} is not supported",
-                pre.resample
+            Error::invalid(
+                "preprocessor_config.json",
+                format!("resample {} is not supported", pre.resample),
             )
         })?;
         let v = &cfg.vision_config;
@@ -256,10 +253,10 @@ impl LlavaNext {
             ],
         )?;
         if v.hidden_act != "quick_gelu" || (v.layer_norm_eps - 1e-5).abs() > 1e-12 {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "vision_config: candle's CLIP supports hidden_act quick_gelu with layer_norm_eps 1e-5, got {} and {}",
                 v.hidden_act, v.layer_norm_eps
-            ));
+            )));
         }
         let tile = pre
             .crop_size
@@ -272,9 +269,12 @@ impl LlavaNext {
             .or(pre.size.height)
             .unwrap_or(v.image_size);
         if tile != v.image_size || pre.crop_size.width.is_some_and(|w| w != tile) {
-            return Err(format!(
-                "preprocessor_config.json: crop_size {tile} differs from vision_config.image_size {}",
-                v.image_size
+            return Err(Error::invalid(
+                "preprocessor_config.json",
+                format!(
+                    "crop_size {tile} differs from vision_config.image_size {}",
+                    v.image_size
+                ),
             ));
         }
         let layers = v.num_hidden_layers as i64;
@@ -284,32 +284,34 @@ impl LlavaNext {
             cfg.vision_feature_layer
         };
         if layer < 1 || layer > layers {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "vision_feature_layer {} is not supported (expected the output of one of the {layers} layers)",
                 cfg.vision_feature_layer
-            ));
+            )));
         }
         let keep_cls = match cfg.vision_feature_select_strategy.as_str() {
             "default" => false,
             "full" => true,
             other => {
-                return Err(format!(
+                return Err(Error::unsupported(format!(
                     "vision_feature_select_strategy `{other}` is not supported (default, full)"
-                ));
+                )));
             }
         };
         let gelu_exact = match cfg.projector_hidden_act.as_str() {
             "gelu" => true,
             "gelu_pytorch_tanh" => false,
-            other => return Err(format!("projector_hidden_act `{other}` is not supported")),
+            other => {
+                return Err(Error::unsupported(format!(
+                    "projector_hidden_act `{other}` is not supported"
+                )));
+            }
         };
-        let tokenizer = load_tokenizer(dir)?;
+        let ckpt = Checkpoint::open(dir, dtype, device)?;
         let template = ChatTemplate::load(dir)?;
-        let image_token = cfg
-            .image_token_index
-            .or_else(|| tokenizer.token_to_id("<image>"))
-            .ok_or("neither config.json's image_token_index nor the tokenizer has <image>")?;
-        let eos = super::eos::stop_tokens(dir)?;
+        let image_token =
+            ckpt.image_token("image_token_index", cfg.image_token_index, "<image>")?;
+        let eos = ckpt.stop_tokens()?;
         let clip = ClipVisionConfig {
             embed_dim: v.hidden_size,
             activation: ClipActivation::QuickGelu,
@@ -321,33 +323,30 @@ impl LlavaNext {
             image_size: v.image_size,
             patch_size: v.patch_size,
         };
-        let vb = super::var_builder(dir, dtype, device)?;
-        let weights = |e: candle_core::Error| {
-            format!(
-                "the weights in {} do not match config.json: {e}",
-                dir.display()
-            )
-        };
+        let vb = &ckpt.vb;
+        let weights = ckpt.weights_error();
         let vision = ClipVisionTransformer::new(vb.pp("vision_tower.vision_model"), &clip)
-            .map_err(weights)?;
+            .map_err(&weights)?;
         let h = text_cfg.hidden_size;
         let lin = |i, o, name: &str| q.linear(i, o, cfg.multimodal_projector_bias, vb.pp(name));
-        let proj1 = lin(v.hidden_size, h, "multi_modal_projector.linear_1").map_err(weights)?;
-        let proj2 = lin(h, h, "multi_modal_projector.linear_2").map_err(weights)?;
-        let newline = vb.get(h, "image_newline").map_err(weights)?;
+        let proj1 = lin(v.hidden_size, h, "multi_modal_projector.linear_1").map_err(&weights)?;
+        let proj2 = lin(h, h, "multi_modal_projector.linear_2").map_err(&weights)?;
+        let newline = vb.get(h, "image_newline").map_err(&weights)?;
         let text = Llama::load(
             &text_cfg,
             vb.pp("language_model.model"),
             vb.pp("language_model.lm_head"),
             &q,
         )
-        .map_err(weights)?;
+        .map_err(&weights)?;
         let pinpoints = pre
             .image_grid_pinpoints
             .clone()
             .unwrap_or_else(|| cfg.image_grid_pinpoints.clone());
         if pinpoints.is_empty() || pinpoints.iter().any(|p| p[0] == 0 || p[1] == 0) {
-            return Err("image_grid_pinpoints must list (height, width) pairs".into());
+            return Err(Error::unsupported(
+                "image_grid_pinpoints must list (height, width) pairs",
+            ));
         }
         Ok(Self {
             pre,
@@ -356,7 +355,7 @@ impl LlavaNext {
             tile,
             resize_to,
             patches_per_side: v.image_size / v.patch_size,
-            tokenizer,
+            tokenizer: ckpt.tokenizer,
             template,
             vision,
             feature_layer: layer as usize,
@@ -458,27 +457,18 @@ impl LlavaNext {
     }
 
     /// Expands each `<image>` of a templated prompt and tokenizes it (with `<s>`).
-    pub fn encode(&self, prompt: &str, images: &[RgbImage]) -> Result<Encoded, String> {
-        let pieces: Vec<&str> = prompt.split("<image>").collect();
-        if pieces.len() - 1 != images.len() {
-            return Err(format!(
-                "the prompt has {} <image> placeholders for {} images",
-                pieces.len() - 1,
-                images.len()
-            ));
-        }
-        let mut text = String::from(pieces[0]);
-        let mut processed = Vec::new();
-        for (img, rest) in images.iter().zip(&pieces[1..]) {
+    pub fn encode(&self, prompt: &str, images: &[RgbImage]) -> Result<Encoded> {
+        let (text, processed) = super::prompt::expand_images(prompt, images, |img| {
             let p = self.process(img);
-            text.push_str(&"<image>".repeat(p.tokens));
-            text.push_str(rest);
-            processed.push(p);
-        }
+            (super::prompt::IMAGE.repeat(p.tokens), p)
+        })?;
         let enc = self
             .tokenizer
             .encode(text.as_str(), true)
-            .map_err(|e| format!("cannot tokenize the prompt: {e}"))?;
+            .map_err(|source| Error::Tokenize {
+                what: "the prompt",
+                source,
+            })?;
         Ok(Encoded {
             text,
             ids: enc.get_ids().to_vec(),
@@ -530,11 +520,10 @@ impl LlavaNext {
     }
 
     /// Runs an encoded prompt from an empty cache; returns the logits after it.
-    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor, String> {
+    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor> {
         self.text.reset();
-        let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
-        let ids = Tensor::new(enc.ids.as_slice(), &self.device).map_err(err)?;
-        let embeds = self.text.embed(&ids).map_err(err)?;
+        let ids = Tensor::new(enc.ids.as_slice(), &self.device)?;
+        let embeds = self.text.embed(&ids)?;
         let feats = if enc.images.is_empty() {
             None
         } else {
@@ -543,14 +532,11 @@ impl LlavaNext {
                 .iter()
                 .map(|p| self.image_features(p))
                 .collect::<candle_core::Result<Vec<_>>>()
-                .and_then(|f| Tensor::cat(&f, 0))
-                .map_err(err)?;
+                .and_then(|f| Tensor::cat(&f, 0))?;
             Some(feats)
         };
         let embeds = splice_images(&embeds, &enc.ids, self.image_token, feats)?;
-        self.text
-            .forward_embeds(&embeds.unsqueeze(0).map_err(err)?)
-            .map_err(err)
+        Ok(self.text.forward_embeds(&embeds.unsqueeze(0)?)?)
     }
 
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
@@ -559,7 +545,7 @@ impl LlavaNext {
 }
 
 impl Vlm for LlavaNext {
-    fn prefill(&mut self, request: &Request) -> Result<Prefill, String> {
+    fn prefill(&mut self, request: &Request) -> Result<Prefill> {
         let prompt = self
             .template
             .render(&ChatTemplate::messages(request), true)?;

@@ -2,7 +2,9 @@
 //! generation loop they share (greedy or sampled decoding, stop at EOS or `max_new_tokens`, a KV
 //! cache that starts empty for every request, timings and token counts).
 
+pub mod checkpoint;
 pub mod eos;
+pub mod error;
 pub mod hub;
 pub mod llama;
 pub mod llava_next;
@@ -13,6 +15,7 @@ pub mod paligemma;
 pub mod phi3;
 pub mod phi3_v;
 pub mod phi3_v_image;
+pub mod prompt;
 pub mod quant;
 pub mod siglip;
 pub mod smolvlm;
@@ -29,6 +32,9 @@ use super::{Backend, BackendError, Generation, LoadError, Request};
 use crate::config::{CandleSpec, ModelSource, TokenizerSource};
 use crate::kinds::{Arch, DeviceKind};
 
+pub use checkpoint::Checkpoint;
+pub use error::{Error, Result};
+
 /// What an architecture's prefill returns: the prompt's length and the logits after it.
 pub struct Prefill {
     pub prompt_tokens: usize,
@@ -40,7 +46,7 @@ pub struct Prefill {
 /// values) and runs its decoder one token at a time.
 pub trait Vlm: Send {
     /// Starts a new answer: the KV cache is emptied, the conversation encoded and run.
-    fn prefill(&mut self, request: &Request) -> Result<Prefill, String>;
+    fn prefill(&mut self, request: &Request) -> Result<Prefill>;
     /// Feeds the token just chosen; returns the logits for the next one (`[vocab]`, f32).
     fn step(&mut self, token: u32) -> candle_core::Result<Tensor>;
     /// Tokens that end an answer: those transformers' `generate()` stops on ([`eos`]).
@@ -49,11 +55,11 @@ pub trait Vlm: Send {
     /// The answer's text from its tokens and the end token that stopped it, if one did. By
     /// default the tokens are decoded skipping special tokens and the end token is left out;
     /// an architecture whose reference post-processes its answers differently overrides this.
-    fn answer_text(&self, tokens: &[u32], stop: Option<u32>) -> Result<String, String> {
+    fn answer_text(&self, tokens: &[u32], stop: Option<u32>) -> Result<String> {
         let _ = stop;
         self.tokenizer()
             .decode(tokens, true)
-            .map_err(|e| format!("cannot decode the answer's tokens: {e}"))
+            .map_err(Error::Detokenize)
     }
     /// What preprocessing made of the last request's images (image tokens, crop grid, a hash of
     /// the pixel values), for reports; `None` where an architecture does not say.
@@ -69,33 +75,29 @@ pub trait Vlm: Send {
 
 /// Refuses sizes read from a model's config that the code cannot work with (a 0 would divide by
 /// zero or build empty tensors), naming the file and the key.
-pub fn check_sizes(file: &str, sizes: &[(&str, usize)]) -> Result<(), String> {
+pub fn check_sizes(file: &str, sizes: &[(&str, usize)]) -> Result<()> {
     match sizes.iter().find(|(_, v)| *v == 0) {
-        Some((key, _)) => Err(format!(
-            "{file}: `{key}` is 0 (expected a positive number, as the Hugging Face repo has it)"
+        Some((key, _)) => Err(Error::invalid(
+            file,
+            format!("`{key}` is 0 (expected a positive number, as the Hugging Face repo has it)"),
         )),
         None => Ok(()),
     }
 }
 
 /// Reads a config or tokenizer file of a model folder, naming the file on failure.
-pub fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T, String> {
+pub fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T> {
     let path = dir.join(name);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}:{}: {} (expected the file as the Hugging Face repo has it)",
-            path.display(),
-            e.line(),
-            e
-        )
-    })
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(source) => return Err(Error::Io { path, source }),
+    };
+    serde_json::from_str(&text).map_err(|source| Error::Config { path, source })
 }
 
 /// The safetensors files of a model folder: `model.safetensors`, or the shards named by
 /// `model.safetensors.index.json`.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok(vec![single]);
@@ -106,7 +108,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| format!("{}: no `weight_map` object", index.display()))?;
+            .ok_or_else(|| Error::invalid(&index, "no `weight_map` object"))?;
         let mut files: Vec<PathBuf> = map
             .values()
             .filter_map(|f| f.as_str())
@@ -115,18 +117,18 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         files.sort();
         files.dedup();
         if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "{} names {}, which is missing",
                 index.display(),
                 missing.display()
-            ));
+            )));
         }
         return Ok(files);
     }
-    Err(format!(
+    Err(Error::unsupported(format!(
         "{} has neither model.safetensors nor model.safetensors.index.json",
         dir.display()
-    ))
+    )))
 }
 
 /// Memory-mapped safetensors, read one tensor at a time: each tensor is copied out of the
@@ -196,12 +198,16 @@ pub fn var_builder(
     dir: &Path,
     dtype: DType,
     device: &Device,
-) -> Result<candle_nn::VarBuilder<'static>, String> {
+) -> Result<candle_nn::VarBuilder<'static>> {
     let files = weight_files(dir)?;
     // SAFETY: the files are mapped read-only; vlmtest never writes them, and a model folder
     // being rewritten while a run reads it is outside what any loader can guard against.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-        .map_err(|e| format!("cannot map the weights in {}: {e}", dir.display()))?;
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(
+        |source| Error::Mmap {
+            dir: dir.to_path_buf(),
+            source,
+        },
+    )?;
     Ok(candle_nn::VarBuilder::from_backend(
         Box::new(ReleasingMmap(st)),
         dtype,
@@ -209,22 +215,32 @@ pub fn var_builder(
     ))
 }
 
-pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer, String> {
-    let path = dir.join("tokenizer.json");
-    tokenizers::Tokenizer::from_file(&path)
-        .map_err(|e| format!("cannot load {}: {e}", path.display()))
+/// The folder's `tokenizer.json`.
+pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
+    load_tokenizer_file(&dir.join("tokenizer.json"))
+}
+
+/// A `tokenizer.json` file, wherever it is.
+pub fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer> {
+    tokenizers::Tokenizer::from_file(path).map_err(|source| Error::Tokenizer {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Decodes an image file into RGB, as `do_convert_rgb` does.
-pub fn decode_image(image: &crate::config::image::Image) -> Result<image::RgbImage, String> {
-    let bytes = image.bytes()?;
+pub fn decode_image(image: &crate::config::image::Image) -> Result<image::RgbImage> {
+    let bytes = image.bytes().map_err(Error::Request)?;
     image::load_from_memory(&bytes)
         .map(|i| i.to_rgb8())
-        .map_err(|e| format!("cannot decode {}: {e}", image.shown))
+        .map_err(|source| Error::Image {
+            shown: image.shown.clone(),
+            source,
+        })
 }
 
 /// Every image of the conversation, in order, decoded.
-pub fn request_images(request: &Request) -> Result<Vec<image::RgbImage>, String> {
+pub fn request_images(request: &Request) -> Result<Vec<image::RgbImage>> {
     request
         .messages
         .iter()
@@ -287,8 +303,7 @@ pub fn splice_images(
     ids: &[u32],
     image_token: u32,
     features: Option<Tensor>,
-) -> Result<Tensor, String> {
-    let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
+) -> Result<Tensor> {
     let positions: Vec<usize> = ids
         .iter()
         .enumerate()
@@ -299,44 +314,43 @@ pub fn splice_images(
         if positions.is_empty() {
             return Ok(embeds.clone());
         }
-        return Err(format!(
+        return Err(Error::request(format!(
             "the prompt has {} <image> tokens but no image",
             positions.len()
-        ));
+        )));
     };
-    let m = features.dim(0).map_err(err)?;
+    let m = features.dim(0)?;
     if m != positions.len() {
-        return Err(format!(
+        return Err(Error::request(format!(
             "the prompt has {} <image> tokens for {m} image features",
             positions.len()
-        ));
+        )));
     }
     // Rows 0..n of the table are the text embeddings, n.. the image features; each position
     // takes its row.
     let n = ids.len();
     let table = features
         .to_dtype(embeds.dtype())
-        .and_then(|f| Tensor::cat(&[embeds, &f], 0))
-        .map_err(err)?;
+        .and_then(|f| Tensor::cat(&[embeds, &f], 0))?;
     let mut index: Vec<u32> = (0..n as u32).collect();
     for (k, &p) in positions.iter().enumerate() {
         index[p] = (n + k) as u32;
     }
-    Tensor::new(index.as_slice(), embeds.device())
-        .and_then(|index| table.index_select(&index, 0))
-        .map_err(err)
+    Ok(Tensor::new(index.as_slice(), embeds.device())
+        .and_then(|index| table.index_select(&index, 0))?)
 }
 
 /// The device a spec asks for, with a clear error when this build cannot provide it.
-pub fn device(kind: DeviceKind) -> Result<Device, String> {
+pub fn device(kind: DeviceKind) -> Result<Device> {
+    let unavailable = |hint: &'static str| move |source| Error::Device { kind, source, hint };
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda => Device::new_cuda(0).map_err(|e| {
-            format!("device = \"cuda\" is not available: {e} (build vlmtest with `--features cuda` on a machine with CUDA)")
-        }),
-        DeviceKind::Metal => Device::new_metal(0).map_err(|e| {
-            format!("device = \"metal\" is not available: {e} (build vlmtest with `--features metal` on macOS)")
-        }),
+        DeviceKind::Cuda => Device::new_cuda(0).map_err(unavailable(
+            "build vlmtest with `--features cuda` on a machine with CUDA",
+        )),
+        DeviceKind::Metal => Device::new_metal(0).map_err(unavailable(
+            "build vlmtest with `--features metal` on macOS",
+        )),
         DeviceKind::Auto => Ok(Device::cuda_if_available(0)
             .ok()
             .filter(|d| !d.is_cpu())
@@ -393,7 +407,7 @@ impl Candle {
                 })?
             }
         };
-        let device = device(spec.device).map_err(LoadError::Failed)?;
+        let device = device(spec.device).map_err(|e| LoadError::Failed(e.to_string()))?;
         let model: Box<dyn Vlm> = match spec.arch {
             Arch::Smolvlm => Box::new(
                 smolvlm::SmolVlm::load(&dir, dtype, &device)
@@ -460,7 +474,7 @@ pub struct Answer {
 
 /// Greedy at temperature 0, else sampling with the temperature and seed; stops at EOS (not
 /// included) or after `max_new_tokens`.
-pub fn run(model: &mut dyn Vlm, request: &Request) -> Result<Answer, String> {
+pub fn run(model: &mut dyn Vlm, request: &Request) -> Result<Answer> {
     let start = Instant::now();
     let params = &request.params;
     let sampling = if params.temperature <= 0.0 {
@@ -480,7 +494,7 @@ pub fn run(model: &mut dyn Vlm, request: &Request) -> Result<Answer, String> {
     while tokens.len() < params.max_new_tokens as usize {
         let next = sampler
             .sample(&logits)
-            .map_err(|e| format!("sampling failed: {e}"))?;
+            .map_err(Error::tensor("sampling failed"))?;
         first.get_or_insert_with(|| start.elapsed());
         if eos.contains(&next) {
             stop = Some(next);
@@ -490,9 +504,7 @@ pub fn run(model: &mut dyn Vlm, request: &Request) -> Result<Answer, String> {
         if tokens.len() == params.max_new_tokens as usize {
             break;
         }
-        logits = model
-            .step(next)
-            .map_err(|e| format!("decoding failed: {e}"))?;
+        logits = model.step(next).map_err(Error::tensor("decoding failed"))?;
     }
     Ok(Answer {
         prompt_tokens: prefill.prompt_tokens,
@@ -506,10 +518,10 @@ pub fn run(model: &mut dyn Vlm, request: &Request) -> Result<Answer, String> {
 impl Backend for Candle {
     fn generate(&self, request: &Request) -> Result<Generation, BackendError> {
         let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-        let answer = run(model.as_mut(), request).map_err(BackendError)?;
+        let answer = run(model.as_mut(), request).map_err(BackendError::model)?;
         let text = model
             .answer_text(&answer.tokens, answer.stop)
-            .map_err(BackendError)?;
+            .map_err(BackendError::model)?;
         Ok(Generation {
             text: text.trim().to_string(),
             latency: answer.total,

@@ -39,7 +39,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::moondream2024::{self as arch, Model};
-use super::{Prefill, Vlm, decode_image, load_tokenizer, read_json, resize_rgb};
+use super::{Checkpoint, Error, Prefill, Result, Vlm, decode_image, read_json, resize_rgb};
 use crate::backend::{Request, Role};
 use crate::resample::Filter;
 
@@ -137,7 +137,7 @@ pub fn strip_end_marker(s: &str) -> String {
 
 /// Reads a special token's text (`"<|endoftext|>"` or `{"content": ...}`) from the tokenizer
 /// config files.
-fn special_token(dir: &Path, key: &str) -> Result<Option<String>, String> {
+fn special_token(dir: &Path, key: &str) -> Result<Option<String>> {
     for file in ["tokenizer_config.json", "special_tokens_map.json"] {
         if !dir.join(file).is_file() {
             continue;
@@ -157,7 +157,7 @@ fn special_token(dir: &Path, key: &str) -> Result<Option<String>, String> {
 }
 
 impl Moondream {
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, String> {
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         Self::load_with_tokenizer(dir, None, dtype, device)
     }
 
@@ -168,31 +168,37 @@ impl Moondream {
         tokenizer: Option<&Path>,
         dtype: DType,
         device: &Device,
-    ) -> Result<Self, String> {
-        let tokenizer = match tokenizer {
-            Some(file) => tokenizers::Tokenizer::from_file(file)
-                .map_err(|e| format!("cannot load {}: {e}", file.display()))?,
-            None => load_tokenizer(dir)?,
-        };
+    ) -> Result<Self> {
+        // The stop tokens are `<END>`'s, not transformers' (the reference's own rule), and the
+        // weights' shapes give the vision tower's sizes: of the checkpoint's preamble only the
+        // tokenizer and the weights apply.
+        let own = dir.join("tokenizer.json");
+        let ckpt = Checkpoint::open_with_tokenizer(dir, tokenizer.unwrap_or(&own), dtype, device)?;
+        let tokenizer = ckpt.tokenizer;
         let bos_text = special_token(dir, "bos_token")?.ok_or_else(|| {
-            format!(
-                "{}: no bos_token in tokenizer_config.json or special_tokens_map.json (moondream2 starts its prompt with it)",
-                dir.display()
+            Error::invalid(
+                dir,
+                "no bos_token in tokenizer_config.json or special_tokens_map.json (moondream2 starts its prompt with it)",
             )
         })?;
         let bos = tokenizer.token_to_id(&bos_text).ok_or_else(|| {
-            format!(
-                "{}: bos_token `{bos_text}` is not in tokenizer.json",
-                dir.display()
+            Error::invalid(
+                dir,
+                format!("bos_token `{bos_text}` is not in tokenizer.json"),
             )
         })?;
         let eos = tokenizer
             .encode(END_TEXT, false)
-            .map_err(|e| format!("cannot tokenize {END_TEXT}: {e}"))?
+            .map_err(|source| Error::Tokenize {
+                what: END_TEXT,
+                source,
+            })?
             .get_ids()
             .to_vec();
         if eos.is_empty() {
-            return Err(format!("tokenizer.json turns {END_TEXT} into no tokens"));
+            return Err(Error::unsupported(format!(
+                "tokenizer.json turns {END_TEXT} into no tokens"
+            )));
         }
         let clean_up_spaces = if dir.join("tokenizer_config.json").is_file() {
             let v: serde_json::Value = read_json(dir, "tokenizer_config.json")?;
@@ -203,7 +209,7 @@ impl Moondream {
         } else {
             true
         };
-        let model = arch::load(dir, dtype, device)?;
+        let model = arch::load(dir, ckpt.vb)?;
         Ok(Self {
             model,
             tokenizer,
@@ -216,20 +222,23 @@ impl Moondream {
     }
 
     /// The prompt's ids, split around the image as `input_embeds` splits them.
-    pub fn prompt_ids(&self, request: &Request) -> Result<PromptIds, String> {
+    pub fn prompt_ids(&self, request: &Request) -> Result<PromptIds> {
         let text = prompt(request);
         let pieces: Vec<&str> = text.split("<image>").collect();
         let [before, after] = pieces.as_slice() else {
-            return Err(format!(
+            return Err(Error::request(format!(
                 "the conversation contains the text `<image>` {} times (moondream2 expects it once, where the image goes; remove it from the questions)",
                 pieces.len() - 2
-            ));
+            )));
         };
-        let ids = |s: &str| -> Result<Vec<u32>, String> {
+        let ids = |s: &str| -> Result<Vec<u32>> {
             Ok(self
                 .tokenizer
                 .encode(s, false)
-                .map_err(|e| format!("cannot tokenize the prompt: {e}"))?
+                .map_err(|source| Error::Tokenize {
+                    what: "the prompt",
+                    source,
+                })?
                 .get_ids()
                 .to_vec())
         };
@@ -241,42 +250,36 @@ impl Moondream {
     }
 
     /// The image embeddings, `[1, 729, hidden]`.
-    pub fn image_embeds(&self, img: &RgbImage) -> Result<Tensor, String> {
-        let err = |e: candle_core::Error| format!("the vision encoder failed: {e}");
+    pub fn image_embeds(&self, img: &RgbImage) -> Result<Tensor> {
+        let err = Error::tensor("the vision encoder failed");
         let px = Tensor::from_vec(pixels(img), (1, 3, SIDE, SIDE), &self.device)
             .and_then(|t| t.to_dtype(self.dtype))
-            .map_err(err)?;
+            .map_err(&err)?;
         self.model.encode_image(&px).map_err(err)
     }
 }
 
 impl Vlm for Moondream {
-    fn prefill(&mut self, request: &Request) -> Result<Prefill, String> {
+    fn prefill(&mut self, request: &Request) -> Result<Prefill> {
         let image = request
             .messages
             .iter()
             .flat_map(|m| m.images.iter())
             .next()
-            .ok_or("Moondream2 needs an image (declare the model with text_only = false)")?;
+            .ok_or_else(|| {
+                Error::request(
+                    "Moondream2 needs an image (declare the model with text_only = false)",
+                )
+            })?;
         let img = decode_image(image)?;
         let ids = self.prompt_ids(request)?;
         let image = self.image_embeds(&img)?;
-        let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
-        let bos = self.model.embed(&[ids.bos]).map_err(err)?;
-        let before = self.model.embed(&ids.before_image).map_err(err)?;
-        let after = self.model.embed(&ids.after_image).map_err(err)?;
-        let embeds = Tensor::cat(
-            &[
-                &bos,
-                &before,
-                &image.to_dtype(bos.dtype()).map_err(err)?,
-                &after,
-            ],
-            1,
-        )
-        .map_err(err)?;
-        let prompt_tokens = embeds.dim(1).map_err(err)?;
-        let logits = self.model.prefill(&embeds).map_err(err)?;
+        let bos = self.model.embed(&[ids.bos])?;
+        let before = self.model.embed(&ids.before_image)?;
+        let after = self.model.embed(&ids.after_image)?;
+        let embeds = Tensor::cat(&[&bos, &before, &image.to_dtype(bos.dtype())?, &after], 1)?;
+        let prompt_tokens = embeds.dim(1)?;
+        let logits = self.model.prefill(&embeds)?;
         Ok(Prefill {
             prompt_tokens,
             logits,
@@ -295,13 +298,13 @@ impl Vlm for Moondream {
         &self.tokenizer
     }
 
-    fn answer_text(&self, tokens: &[u32], stop: Option<u32>) -> Result<String, String> {
+    fn answer_text(&self, tokens: &[u32], stop: Option<u32>) -> Result<String> {
         let mut ids = tokens.to_vec();
         ids.extend(stop);
         let text = self
             .tokenizer
             .decode(&ids, true)
-            .map_err(|e| format!("cannot decode the answer's tokens: {e}"))?;
+            .map_err(Error::Detokenize)?;
         let text = if self.clean_up_spaces {
             clean_up_tokenization(&text)
         } else {

@@ -106,10 +106,12 @@ impl TextConfig {
     /// From the whole `config.json`: the keys of its `phi_config` (of the top level when there is
     /// none, as the reference's `MoondreamConfig` does), the defaults for the rest. `file` names
     /// the file in errors.
-    pub fn from_config(
-        config: &serde_json::Value,
-        file: &str,
-    ) -> std::result::Result<Self, String> {
+    pub fn from_config(config: &serde_json::Value, file: &str) -> super::Result<Self> {
+        Self::read(config, file).map_err(super::Error::Unsupported)
+    }
+
+    /// [`TextConfig::from_config`], its messages naming the file.
+    fn read(config: &serde_json::Value, file: &str) -> std::result::Result<Self, String> {
         let (phi, at) = match config.get("phi_config") {
             Some(p) => (p, "phi_config."),
             None => (config, ""),
@@ -300,7 +302,7 @@ impl VisionDims {
 }
 
 /// The shapes of the tensors in safetensors files, from their headers (nothing else is read).
-pub fn tensor_shapes(
+fn tensor_shapes(
     files: &[std::path::PathBuf],
 ) -> std::result::Result<HashMap<String, Vec<usize>>, String> {
     let mut shapes = HashMap::new();
@@ -637,24 +639,25 @@ impl Model {
     }
 }
 
-/// Loads the model of a folder laid out like the repo: `config.json`'s text sizes, the vision
-/// sizes from the weights' shapes.
-pub fn load(dir: &Path, dtype: DType, device: &Device) -> std::result::Result<Model, String> {
+/// Loads the model of a folder laid out like the repo from its weights `vb`: `config.json`'s
+/// text sizes, the vision sizes from the weights' shapes.
+pub fn load(dir: &Path, vb: VarBuilder) -> super::Result<Model> {
+    use super::Error;
     let config: serde_json::Value = super::read_json(dir, "config.json")?;
     let file = dir.join("config.json");
     let text = TextConfig::from_config(&config, &file.display().to_string())?;
     let files = super::weight_files(dir)?;
-    let shapes = tensor_shapes(&files)?;
-    let vision = VisionDims::from_shapes(|n| shapes.get(n).cloned())
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let shapes = tensor_shapes(&files).map_err(Error::Unsupported)?;
+    let vision =
+        VisionDims::from_shapes(|n| shapes.get(n).cloned()).map_err(|e| Error::invalid(dir, e))?;
     tracing::debug!(?text, ?vision, "moondream2 (2024) sizes");
-    let vb = super::var_builder(dir, dtype, device)?;
+    // Not `Error::Weights`: this message has its own shape, kept as users saw it.
     Model::load(&text, &vision, vb).map_err(|e| {
-        format!(
+        Error::unsupported(format!(
             "the weights in {} do not match moondream2's 2024 layout with {} ({e})",
             dir.display(),
             file.display()
-        )
+        ))
     })
 }
 

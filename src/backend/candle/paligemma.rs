@@ -23,7 +23,8 @@ use image::RgbImage;
 use serde::Deserialize;
 
 use super::{
-    Prefill, Vlm, load_tokenizer, push_chw, read_json, request_images, resize_rgb, splice_images,
+    Checkpoint, Error, Prefill, Result, Vlm, push_chw, read_json, request_images, resize_rgb,
+    splice_images,
 };
 use crate::backend::{Request, Role};
 use crate::resample::Filter;
@@ -101,7 +102,7 @@ pub struct Encoded {
 }
 
 impl PaliGemma {
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, String> {
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let cfg: Config = read_json(dir, "config.json")?;
         let mut tc = cfg.text_config.clone();
         if let Some(o) = tc.as_object_mut() {
@@ -141,8 +142,8 @@ impl PaliGemma {
                 );
             }
         }
-        let text_cfg: gemma::Config =
-            serde_json::from_value(tc).map_err(|e| format!("config.json: text_config: {e}"))?;
+        let text_cfg: gemma::Config = serde_json::from_value(tc)
+            .map_err(|e| Error::invalid("config.json", format!("text_config: {e}")))?;
         super::check_sizes(
             "config.json",
             &[
@@ -163,9 +164,9 @@ impl PaliGemma {
         )?;
         let pre: PreprocessorConfig = read_json(dir, "preprocessor_config.json")?;
         let filter = Filter::from_pil(pre.resample).ok_or_else(|| {
-            format!(
-                "preprocessor_config.json: resample {} is not supported",
-                pre.resample
+            Error::invalid(
+                "preprocessor_config.json",
+                format!("resample {} is not supported", pre.resample),
             )
         })?;
         let v = &cfg.vision_config;
@@ -183,35 +184,29 @@ impl PaliGemma {
         let patches = (v.image_size / v.patch_size).pow(2);
         let seq_len = pre.image_seq_length.unwrap_or(patches);
         if seq_len != patches || pre.size.height != v.image_size || pre.size.width != v.image_size {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "preprocessor_config.json (size {}x{}, image_seq_length {seq_len}) does not match vision_config (image_size {}, {patches} patches)",
                 pre.size.width, pre.size.height, v.image_size
-            ));
+            )));
         }
-        let tokenizer = load_tokenizer(dir)?;
-        let image_token = cfg
-            .image_token_index
-            .or_else(|| tokenizer.token_to_id("<image>"))
-            .ok_or("neither config.json's image_token_index nor the tokenizer has <image>")?;
-        let bos = tokenizer
+        let ckpt = Checkpoint::open(dir, dtype, device)?;
+        let image_token =
+            ckpt.image_token("image_token_index", cfg.image_token_index, "<image>")?;
+        let bos = ckpt
+            .tokenizer
             .id_to_token(2)
             .filter(|t| t == "<bos>")
             .unwrap_or_else(|| "<bos>".into());
-        let eos = super::eos::stop_tokens(dir)?;
-        let vb = super::var_builder(dir, dtype, device)?;
-        let weights = |e: candle_core::Error| {
-            format!(
-                "the weights in {} do not match config.json: {e}",
-                dir.display()
-            )
-        };
+        let eos = ckpt.stop_tokens()?;
+        let vb = &ckpt.vb;
+        let weights = ckpt.weights_error();
         let act = match v.hidden_act {
             candle_nn::Activation::GeluPytorchTanh => Act::GeluTanh,
             candle_nn::Activation::Gelu => Act::Gelu,
             other => {
-                return Err(format!(
+                return Err(Error::unsupported(format!(
                     "vision_config.hidden_act {other:?} is not supported"
-                ));
+                )));
             }
         };
         let dims = Dims {
@@ -230,19 +225,20 @@ impl PaliGemma {
             vb.pp("vision_tower.vision_model"),
             &super::quant::Quantizer::dense(),
         )
-        .map_err(weights)?;
+        .map_err(&weights)?;
         let proj = candle_nn::linear(
             v.hidden_size,
             cfg.projection_dim.unwrap_or(text_cfg.hidden_size),
             vb.pp("multi_modal_projector.linear"),
         )
-        .map_err(weights)?;
-        let text = gemma::Model::new(false, &text_cfg, vb.pp("language_model")).map_err(weights)?;
+        .map_err(&weights)?;
+        let text =
+            gemma::Model::new(false, &text_cfg, vb.pp("language_model")).map_err(&weights)?;
         Ok(Self {
             pre,
             filter,
             seq_len,
-            tokenizer,
+            tokenizer: ckpt.tokenizer,
             vision,
             proj,
             text,
@@ -280,7 +276,7 @@ impl PaliGemma {
     }
 
     /// The processor: image tokens, `<bos>`, the prompt and a newline.
-    pub fn encode(&self, prompt: &str, images: &[RgbImage]) -> Result<Encoded, String> {
+    pub fn encode(&self, prompt: &str, images: &[RgbImage]) -> Result<Encoded> {
         let text = format!(
             "{}{}{prompt}\n",
             "<image>".repeat(self.seq_len * images.len()),
@@ -289,7 +285,10 @@ impl PaliGemma {
         let enc = self
             .tokenizer
             .encode(text.as_str(), false)
-            .map_err(|e| format!("cannot tokenize the prompt: {e}"))?;
+            .map_err(|source| Error::Tokenize {
+                what: "the prompt",
+                source,
+            })?;
         let pixels = if images.is_empty() {
             None
         } else {
@@ -298,7 +297,7 @@ impl PaliGemma {
             Some(
                 Tensor::from_vec(data, (images.len(), 3, h, w), &self.device)
                     .and_then(|t| t.to_dtype(self.dtype))
-                    .map_err(|e| format!("cannot build the pixel tensor: {e}"))?,
+                    .map_err(Error::tensor("cannot build the pixel tensor"))?,
             )
         };
         Ok(Encoded {
@@ -309,12 +308,11 @@ impl PaliGemma {
     }
 
     /// Runs an encoded prompt from an empty cache; returns the logits after it.
-    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor, String> {
+    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor> {
         self.text.clear_kv_cache();
-        let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
         let n = enc.ids.len();
-        let ids = Tensor::new(enc.ids.as_slice(), &self.device).map_err(err)?;
-        let embeds = self.text.embed_tokens().forward(&ids).map_err(err)?;
+        let ids = Tensor::new(enc.ids.as_slice(), &self.device)?;
+        let embeds = self.text.embed_tokens().forward(&ids)?;
         // transformers divides the image features by √hidden; Gemma then multiplies every input
         // embedding, text and image alike, by √hidden.
         let feats = match &enc.pixels {
@@ -324,20 +322,13 @@ impl PaliGemma {
                     .forward(px)
                     .and_then(|f| self.proj.forward(&f))
                     .and_then(|f| f / (self.hidden as f64).sqrt())
-                    .and_then(|f| f.flatten_to(1))
-                    .map_err(err)?,
+                    .and_then(|f| f.flatten_to(1))?,
             ),
         };
         let embeds = splice_images(&embeds, &enc.ids, self.image_token, feats)?;
-        let logits = self
-            .text
-            .forward_embeds(&embeds.unsqueeze(0).map_err(err)?, None, 0)
-            .map_err(err)?;
+        let logits = self.text.forward_embeds(&embeds.unsqueeze(0)?, None, 0)?;
         self.pos = n;
-        logits
-            .flatten_all()
-            .and_then(|l| l.to_dtype(DType::F32))
-            .map_err(err)
+        Ok(logits.flatten_all().and_then(|l| l.to_dtype(DType::F32))?)
     }
 
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
@@ -346,7 +337,7 @@ impl PaliGemma {
 }
 
 impl Vlm for PaliGemma {
-    fn prefill(&mut self, request: &Request) -> Result<Prefill, String> {
+    fn prefill(&mut self, request: &Request) -> Result<Prefill> {
         let prompt = request
             .messages
             .iter()
@@ -356,9 +347,9 @@ impl Vlm for PaliGemma {
             .unwrap_or_default();
         let images = request_images(request)?;
         if images.is_empty() {
-            return Err(
-                "PaliGemma needs an image (declare the model with text_only = false)".into(),
-            );
+            return Err(Error::request(
+                "PaliGemma needs an image (declare the model with text_only = false)",
+            ));
         }
         let enc = self.encode(&prompt, &images)?;
         let logits = self.prefill_encoded(&enc)?;

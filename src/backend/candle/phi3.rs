@@ -99,11 +99,15 @@ impl Phi3Config {
     }
 
     /// What this implementation does not do, said before loading rather than computed wrongly.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    pub fn check(&self) -> super::Result<()> {
+        use super::Error;
         if self.hidden_act != "silu" {
-            return Err(format!(
-                "config.json: hidden_act `{}` is not supported (expected silu)",
-                self.hidden_act
+            return Err(Error::invalid(
+                "config.json",
+                format!(
+                    "hidden_act `{}` is not supported (expected silu)",
+                    self.hidden_act
+                ),
             ));
         }
         if self.num_attention_heads == 0
@@ -112,26 +116,35 @@ impl Phi3Config {
                 .num_attention_heads
                 .is_multiple_of(self.kv_heads().max(1))
         {
-            return Err(format!(
-                "config.json: hidden_size {} / num_attention_heads {} / num_key_value_heads {} do not divide evenly",
-                self.hidden_size,
-                self.num_attention_heads,
-                self.kv_heads()
+            return Err(Error::invalid(
+                "config.json",
+                format!(
+                    "hidden_size {} / num_attention_heads {} / num_key_value_heads {} do not divide evenly",
+                    self.hidden_size,
+                    self.num_attention_heads,
+                    self.kv_heads()
+                ),
             ));
         }
         if let Some(s) = &self.rope_scaling {
             if s.kind != "su" && s.kind != "longrope" {
-                return Err(format!(
-                    "config.json: rope_scaling type `{}` is not supported (expected su or longrope)",
-                    s.kind
+                return Err(Error::invalid(
+                    "config.json",
+                    format!(
+                        "rope_scaling type `{}` is not supported (expected su or longrope)",
+                        s.kind
+                    ),
                 ));
             }
             let half = self.head_dim() / 2;
             if s.short_factor.len() != half || s.long_factor.len() != half {
-                return Err(format!(
-                    "config.json: rope_scaling short_factor and long_factor must have {half} values (head_dim / 2), got {} and {}",
-                    s.short_factor.len(),
-                    s.long_factor.len()
+                return Err(Error::invalid(
+                    "config.json",
+                    format!(
+                        "rope_scaling short_factor and long_factor must have {half} values (head_dim / 2), got {} and {}",
+                        s.short_factor.len(),
+                        s.long_factor.len()
+                    ),
                 ));
             }
         }

@@ -40,7 +40,7 @@ use super::phi3::{Phi3, Phi3Config};
 use super::phi3_v_image::{CROP, Phi3vImage, PreprocessSummary, process};
 use super::quant::{Precision, QLinear, QuantSummary, Quantizer};
 use super::template::ChatTemplate;
-use super::{Prefill, Vlm, load_tokenizer, read_json, request_images};
+use super::{Checkpoint, Error, Prefill, Result, Vlm, read_json, request_images};
 use crate::backend::{Request, Role};
 
 /// `img_processor.clip_vision_config`: the tower's dimensions (the project's convention for tiny
@@ -205,17 +205,13 @@ pub struct Phi3V {
 impl Phi3V {
     /// Loads the model at `precision`: a dtype, or quantized linear layers in the decoder and
     /// the projector (the CLIP tower, candle-transformers', stays f32; see [`super::quant`]).
-    pub fn load(
-        dir: &Path,
-        precision: impl Into<Precision>,
-        device: &Device,
-    ) -> Result<Self, String> {
+    pub fn load(dir: &Path, precision: impl Into<Precision>, device: &Device) -> Result<Self> {
         let precision = precision.into();
         let dtype = precision.dtype;
         let q = Quantizer::new(precision.quant);
         let cfg: Config = read_json(dir, "config.json")?;
         let config_file = dir.join("config.json");
-        let bad = |what: String| format!("{}: {what}", config_file.display());
+        let bad = |what: String| Error::invalid(&config_file, what);
         cfg.text.check()?;
         let e = &cfg.embd_layer;
         if !e.use_hd_transform || !e.with_learnable_separator {
@@ -281,33 +277,24 @@ impl Phi3V {
         }
         let pre: PreprocessorConfig = read_json(dir, "preprocessor_config.json")?;
         let pre_file = dir.join("preprocessor_config.json");
-        let three = |v: &[f32], name: &str| -> Result<[f32; 3], String> {
+        let three = |v: &[f32], name: &str| -> Result<[f32; 3]> {
             <[f32; 3]>::try_from(v).map_err(|_| {
-                format!(
-                    "{}: {name} must have 3 values, got {}",
-                    pre_file.display(),
-                    v.len()
+                Error::invalid(
+                    &pre_file,
+                    format!("{name} must have 3 values, got {}", v.len()),
                 )
             })
         };
         let mean = three(&pre.image_mean, "image_mean")?;
         let std = three(&pre.image_std, "image_std")?;
         if pre.num_crops == 0 {
-            return Err(format!(
-                "{}: num_crops must be at least 1",
-                pre_file.display()
-            ));
+            return Err(Error::invalid(&pre_file, "num_crops must be at least 1"));
         }
-        let tokenizer = load_tokenizer(dir)?;
+        let ckpt = Checkpoint::open(dir, dtype, device)?;
         let template = ChatTemplate::load(dir)?;
-        let eos = super::eos::stop_tokens(dir)?;
-        let vb = super::var_builder(dir, dtype, device)?;
-        let weights = |e: candle_core::Error| {
-            format!(
-                "the weights in {} do not match config.json: {e}",
-                dir.display()
-            )
-        };
+        let eos = ckpt.stop_tokens()?;
+        let vb = &ckpt.vb;
+        let weights = ckpt.weights_error();
         let clip = ClipVisionConfig {
             embed_dim: v.hidden_size,
             activation: ClipActivation::QuickGelu,
@@ -321,23 +308,23 @@ impl Phi3V {
         };
         let emb = vb.pp("model.vision_embed_tokens");
         let vision = ClipVisionTransformer::new(emb.pp("img_processor.vision_model"), &clip)
-            .map_err(weights)?;
+            .map_err(&weights)?;
         let c = ip.image_dim_out;
         let h = cfg.text.hidden_size;
         let glb_gn = emb
             .get((1, 1, 4 * c), "glb_GN")
             .and_then(|t| t.reshape((1, 4 * c)))
-            .map_err(weights)?;
+            .map_err(&weights)?;
         let sub_gn = emb
             .get((1, 1, 1, 4 * c), "sub_GN")
             .and_then(|t| t.reshape((1, 1, 4 * c)))
-            .map_err(weights)?;
+            .map_err(&weights)?;
         let proj1 = q
             .linear(4 * c, h, true, emb.pp("img_projection.0"))
-            .map_err(weights)?;
+            .map_err(&weights)?;
         let proj2 = q
             .linear(h, h, true, emb.pp("img_projection.2"))
-            .map_err(weights)?;
+            .map_err(&weights)?;
         let text_vb = vb.pp("model");
         let embed_vb = if text_vb.contains_tensor("embed_tokens.weight") {
             text_vb.pp("embed_tokens")
@@ -346,13 +333,13 @@ impl Phi3V {
         };
         let embed = q
             .embedding(cfg.text.vocab_size, h, embed_vb)
-            .map_err(weights)?;
-        let text = Phi3::load(&cfg.text, text_vb, vb.pp("lm_head"), embed, &q).map_err(weights)?;
+            .map_err(&weights)?;
+        let text = Phi3::load(&cfg.text, text_vb, vb.pp("lm_head"), embed, &q).map_err(&weights)?;
         Ok(Self {
             num_crops: pre.num_crops,
             mean,
             std,
-            tokenizer,
+            tokenizer: ckpt.tokenizer,
             template,
             vision,
             feature_state: state as usize - 1,
@@ -406,17 +393,20 @@ impl Phi3V {
     }
 
     /// The prompt of a conversation, with the generation prompt.
-    pub fn render(&self, request: &Request) -> Result<String, String> {
+    pub fn render(&self, request: &Request) -> Result<String> {
         self.template.render(&Self::messages(request), true)
     }
 
     /// Processes the images and tokenizes a rendered prompt as `Phi3VProcessor` does.
-    pub fn encode(&self, prompt: &str, images: &[RgbImage]) -> Result<Encoded, String> {
-        let tok = |s: &str| -> Result<Vec<i64>, String> {
+    pub fn encode(&self, prompt: &str, images: &[RgbImage]) -> Result<Encoded> {
+        let tok = |s: &str| -> Result<Vec<i64>> {
             self.tokenizer
                 .encode(s, true)
                 .map(|e| e.get_ids().iter().map(|&i| i as i64).collect())
-                .map_err(|e| format!("cannot tokenize the prompt: {e}"))
+                .map_err(|source| Error::Tokenize {
+                    what: "the prompt",
+                    source,
+                })
         };
         if images.is_empty() {
             return Ok(Encoded {
@@ -439,7 +429,10 @@ impl Phi3V {
             let digits = after.bytes().take_while(u8::is_ascii_digit).count();
             if digits > 0 && after[digits..].starts_with("|>") {
                 let n: usize = after[..digits].parse().map_err(|_| {
-                    format!("image tag <|image_{}|> is out of range", &after[..digits])
+                    Error::request(format!(
+                        "image tag <|image_{}|> is out of range",
+                        &after[..digits]
+                    ))
                 })?;
                 chunks.push(&prompt[chunk_start..start]);
                 tags.push(n);
@@ -454,11 +447,11 @@ impl Phi3V {
         unique.sort_unstable();
         unique.dedup();
         if unique != (1..=unique.len()).collect::<Vec<_>>() || unique.len() != images.len() {
-            return Err(format!(
+            return Err(Error::request(format!(
                 "the prompt's image tags {tags:?} must number the {} images 1..{} (as the reference requires)",
                 images.len(),
                 images.len()
-            ));
+            )));
         }
         let mut ids = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
@@ -521,9 +514,8 @@ impl Phi3V {
     }
 
     /// Runs an encoded prompt from an empty cache; returns the logits after it.
-    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor, String> {
+    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor> {
         self.text.reset();
-        let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
         const SLOT: u32 = u32::MAX;
         let ids: Vec<u32> = enc
             .ids
@@ -531,8 +523,8 @@ impl Phi3V {
             .map(|&i| if i < 0 { SLOT } else { i as u32 })
             .collect();
         let clamped: Vec<u32> = ids.iter().map(|&i| if i == SLOT { 0 } else { i }).collect();
-        let t = Tensor::new(clamped.as_slice(), &self.device).map_err(err)?;
-        let embeds = self.text.embed(&t).map_err(err)?;
+        let t = Tensor::new(clamped.as_slice(), &self.device)?;
+        let embeds = self.text.embed(&t)?;
         let feats = if enc.images.is_empty() {
             None
         } else {
@@ -541,14 +533,11 @@ impl Phi3V {
                 .iter()
                 .map(|p| self.image_features(p))
                 .collect::<candle_core::Result<Vec<_>>>()
-                .and_then(|f| Tensor::cat(&f, 0))
-                .map_err(err)?;
+                .and_then(|f| Tensor::cat(&f, 0))?;
             Some(f)
         };
         let embeds = super::splice_images(&embeds, &ids, SLOT, feats)?;
-        self.text
-            .forward_embeds(&embeds.unsqueeze(0).map_err(err)?)
-            .map_err(err)
+        Ok(self.text.forward_embeds(&embeds.unsqueeze(0)?)?)
     }
 
     /// Image tokens, crop grid and pixel hash of the last request's images.
@@ -562,7 +551,7 @@ impl Phi3V {
 }
 
 impl Vlm for Phi3V {
-    fn prefill(&mut self, request: &Request) -> Result<Prefill, String> {
+    fn prefill(&mut self, request: &Request) -> Result<Prefill> {
         let prompt = self.render(request)?;
         let images = request_images(request)?;
         let enc = self.encode(&prompt, &images)?;

@@ -71,7 +71,7 @@ fn transpose(img: &RgbImage) -> RgbImage {
 }
 
 /// `HD_transform`: the resized, white-padded image, its sides multiples of 336.
-pub fn hd_transform(img: &RgbImage, num_crops: usize) -> Result<RgbImage, String> {
+pub fn hd_transform(img: &RgbImage, num_crops: usize) -> super::Result<RgbImage> {
     let transposed = img.width() < img.height();
     let img = if transposed {
         transpose(img)
@@ -88,11 +88,11 @@ pub fn hd_transform(img: &RgbImage, num_crops: usize) -> Result<RgbImage, String
     let new_w = scale * CROP;
     let new_h = (new_w as f64 / ratio) as usize;
     if scale == 0 || new_h == 0 {
-        return Err(format!(
+        return Err(super::Error::request(format!(
             "an image of {}x{} cannot be tiled with num_crops = {num_crops} (the reference fails on it too)",
             img.width(),
             img.height()
-        ));
+        )));
     }
     let resized = super::resize_rgb(&img, new_w, new_h, Filter::Bilinear);
     let target = new_h.div_ceil(CROP) * CROP;
@@ -180,7 +180,7 @@ pub fn process(
     num_crops: usize,
     mean: &[f32; 3],
     std: &[f32; 3],
-) -> Result<Phi3vImage, String> {
+) -> super::Result<Phi3vImage> {
     let hd = hd_transform(img, num_crops)?;
     let (w, h) = (hd.width() as usize, hd.height() as usize);
     let (rows, cols) = (h / CROP, w / CROP);

@@ -35,13 +35,13 @@ pub enum Act {
 }
 
 impl Act {
-    pub fn parse(name: &str) -> std::result::Result<Act, String> {
+    pub fn parse(name: &str) -> super::Result<Act> {
         match name {
             "gelu_pytorch_tanh" => Ok(Act::GeluTanh),
             "gelu" => Ok(Act::Gelu),
-            other => Err(format!(
+            other => Err(super::Error::unsupported(format!(
                 "vision_config.hidden_act `{other}` is not supported (gelu_pytorch_tanh, gelu)"
-            )),
+            ))),
         }
     }
 }

@@ -23,7 +23,8 @@ use super::quant::{Precision, QLinear, QuantSummary, Quantizer};
 use super::siglip::{Act, Dims, VisionEncoder};
 use super::template::ChatTemplate;
 use super::{
-    Prefill, Vlm, load_tokenizer, push_chw, read_json, request_images, resize_rgb, splice_images,
+    Checkpoint, Error, Prefill, Result, Vlm, push_chw, read_json, request_images, resize_rgb,
+    splice_images,
 };
 use crate::backend::Request;
 use crate::resample::Filter;
@@ -177,18 +178,27 @@ fn trunc(x: f64) -> usize {
 }
 
 impl Processor {
-    pub fn new(cfg: PreprocessorConfig, image_seq_len: usize) -> Result<Self, String> {
+    pub fn new(cfg: PreprocessorConfig, image_seq_len: usize) -> Result<Self> {
         let filter = Filter::from_pil(cfg.resample).ok_or_else(|| {
-            format!(
-                "preprocessor_config.json: resample {} is not supported (expected 1 LANCZOS, 2 BILINEAR, 3 BICUBIC or 4 BOX)",
-                cfg.resample
+            Error::invalid(
+                "preprocessor_config.json",
+                format!(
+                    "resample {} is not supported (expected 1 LANCZOS, 2 BILINEAR, 3 BICUBIC or 4 BOX)",
+                    cfg.resample
+                ),
             )
         })?;
         if cfg.image_mean.len() != 3 || cfg.image_std.len() != 3 {
-            return Err("preprocessor_config.json: image_mean and image_std need 3 values".into());
+            return Err(Error::invalid(
+                "preprocessor_config.json",
+                "image_mean and image_std need 3 values",
+            ));
         }
         if cfg.max_image_size.longest_edge == 0 || cfg.size.longest_edge == 0 {
-            return Err("preprocessor_config.json: longest_edge must be at least 1".into());
+            return Err(Error::invalid(
+                "preprocessor_config.json",
+                "longest_edge must be at least 1",
+            ));
         }
         Ok(Self {
             cfg,
@@ -365,11 +375,7 @@ pub struct SmolVlm {
 impl SmolVlm {
     /// Loads the model at `precision`: a dtype, or (quantized) every linear layer of the
     /// vision encoder, the connector and the decoder ([`super::quant`]).
-    pub fn load(
-        dir: &Path,
-        precision: impl Into<Precision>,
-        device: &Device,
-    ) -> Result<Self, String> {
+    pub fn load(dir: &Path, precision: impl Into<Precision>, device: &Device) -> Result<Self> {
         let precision = precision.into();
         let dtype = precision.dtype;
         let q = Quantizer::new(precision.quant);
@@ -397,27 +403,27 @@ impl SmolVlm {
         )?;
         super::check_sizes("config.json", &[("scale_factor", cfg.scale_factor)])?;
         if v.image_size != pre.max_image_size.longest_edge {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "vision_config.image_size {} differs from preprocessor_config.json's max_image_size.longest_edge {}",
                 v.image_size, pre.max_image_size.longest_edge
-            ));
+            )));
         }
         let patches = (v.image_size / v.patch_size.max(1)).pow(2);
         let derived = patches / cfg.scale_factor.pow(2).max(1);
         let image_seq_len = proc_cfg.image_seq_len.unwrap_or(derived);
         if image_seq_len != derived {
-            return Err(format!(
-                "processor_config.json: image_seq_len {image_seq_len} differs from (image_size / patch_size)² / scale_factor² = {derived}"
+            return Err(Error::invalid(
+                "processor_config.json",
+                format!(
+                    "image_seq_len {image_seq_len} differs from (image_size / patch_size)² / scale_factor² = {derived}"
+                ),
             ));
         }
         let processor = Processor::new(pre, image_seq_len)?;
-        let tokenizer = load_tokenizer(dir)?;
+        let ckpt = Checkpoint::open(dir, dtype, device)?;
         let template = ChatTemplate::load(dir)?;
-        let image_token = cfg
-            .image_token_id
-            .or_else(|| tokenizer.token_to_id("<image>"))
-            .ok_or("neither config.json's image_token_id nor the tokenizer has <image>")?;
-        let eos = super::eos::stop_tokens(dir)?;
+        let image_token = ckpt.image_token("image_token_id", cfg.image_token_id, "<image>")?;
+        let eos = ckpt.stop_tokens()?;
         let dims = Dims {
             hidden: v.hidden_size,
             intermediate: v.intermediate_size,
@@ -430,20 +436,15 @@ impl SmolVlm {
             act: Act::parse(&v.hidden_act)?,
         };
         if !v.hidden_size.is_multiple_of(v.num_attention_heads.max(1)) {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "vision_config: hidden_size {} is not a multiple of num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
-            ));
+            )));
         }
-        let vb = super::var_builder(dir, dtype, device)?;
-        let weights = |e: candle_core::Error| {
-            format!(
-                "the weights in {} do not match config.json: {e}",
-                dir.display()
-            )
-        };
+        let vb = &ckpt.vb;
+        let weights = ckpt.weights_error();
         let vision =
-            VisionEncoder::load(&dims, vb.pp("model.vision_model"), &q).map_err(weights)?;
+            VisionEncoder::load(&dims, vb.pp("model.vision_model"), &q).map_err(&weights)?;
         let proj = q
             .linear(
                 v.hidden_size * cfg.scale_factor.pow(2),
@@ -451,13 +452,13 @@ impl SmolVlm {
                 false,
                 vb.pp("model.connector.modality_projection.proj"),
             )
-            .map_err(weights)?;
+            .map_err(&weights)?;
         let text = Llama::load(&text_cfg, vb.pp("model.text_model"), vb.pp("lm_head"), &q)
-            .map_err(weights)?;
+            .map_err(&weights)?;
         Ok(Self {
             processor,
             last_prefill: PrefillTimes::default(),
-            tokenizer,
+            tokenizer: ckpt.tokenizer,
             template,
             vision,
             proj,
@@ -478,29 +479,24 @@ impl SmolVlm {
         prompt: &str,
         images: &[RgbImage],
         split: Option<bool>,
-    ) -> Result<Encoded, String> {
-        let pieces: Vec<&str> = prompt.split("<image>").collect();
-        if pieces.len() - 1 != images.len() {
-            return Err(format!(
-                "the prompt has {} <image> placeholders for {} images",
-                pieces.len() - 1,
-                images.len()
-            ));
-        }
-        let mut text = String::from(pieces[0]);
+    ) -> Result<Encoded> {
+        let (text, processed) = super::prompt::expand_images(prompt, images, |img| {
+            let p = self.processor.process(img, split);
+            (self.processor.image_prompt(&p), p)
+        })?;
         let mut pixels = Vec::new();
         let mut tiles = 0;
-        for (img, rest) in images.iter().zip(&pieces[1..]) {
-            let p = self.processor.process(img, split);
-            text.push_str(&self.processor.image_prompt(&p));
-            text.push_str(rest);
+        for p in processed {
             tiles += p.tiles;
             pixels.extend(p.pixels);
         }
         let enc = self
             .tokenizer
             .encode(text.as_str(), true)
-            .map_err(|e| format!("cannot tokenize the prompt: {e}"))?;
+            .map_err(|source| Error::Tokenize {
+                what: "the prompt",
+                source,
+            })?;
         let side = self.processor.cfg.max_image_size.longest_edge;
         let pixels = if tiles == 0 {
             None
@@ -508,7 +504,7 @@ impl SmolVlm {
             Some(
                 Tensor::from_vec(pixels, (tiles, 3, side, side), &self.device)
                     .and_then(|t| t.to_dtype(self.dtype))
-                    .map_err(|e| format!("cannot build the pixel tensor: {e}"))?,
+                    .map_err(Error::tensor("cannot build the pixel tensor"))?,
             )
         };
         Ok(Encoded {
@@ -536,39 +532,33 @@ impl SmolVlm {
     }
 
     /// Runs an encoded prompt from an empty cache; returns the logits after it.
-    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor, String> {
+    pub fn prefill_encoded(&mut self, enc: &Encoded) -> Result<Tensor> {
         self.text.reset();
         self.last_prefill.vision_s = 0.0;
-        let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
-        let ids = Tensor::new(enc.ids.as_slice(), &self.device).map_err(err)?;
-        let embeds = self.text.embed(&ids).map_err(err)?;
+        let ids = Tensor::new(enc.ids.as_slice(), &self.device)?;
+        let embeds = self.text.embed(&ids)?;
         let feats = match &enc.pixels {
             None => None,
             Some(px) => {
                 let start = std::time::Instant::now();
-                let tiles = px.dim(0).map_err(err)?;
+                let tiles = px.dim(0)?;
                 let mut chunks = Vec::new();
                 for first in (0..tiles).step_by(VISION_BATCH) {
                     let n = VISION_BATCH.min(tiles - first);
                     let f = px
                         .narrow(0, first, n)
                         .and_then(|p| self.vision.forward(&p))
-                        .and_then(|f| self.connector(&f))
-                        .map_err(err)?;
+                        .and_then(|f| self.connector(&f))?;
                     chunks.push(f);
                 }
-                let feats = Tensor::cat(&chunks, 0)
-                    .and_then(|f| f.flatten_to(1))
-                    .map_err(err)?;
+                let feats = Tensor::cat(&chunks, 0).and_then(|f| f.flatten_to(1))?;
                 self.last_prefill.vision_s = start.elapsed().as_secs_f64();
                 Some(feats)
             }
         };
-        let embeds = splice_images(&embeds, &enc.ids, self.image_token, feats)?
-            .unsqueeze(0)
-            .map_err(err)?;
+        let embeds = splice_images(&embeds, &enc.ids, self.image_token, feats)?.unsqueeze(0)?;
         let start = std::time::Instant::now();
-        let logits = self.text.forward_embeds(&embeds).map_err(err)?;
+        let logits = self.text.forward_embeds(&embeds)?;
         self.last_prefill.text_s = start.elapsed().as_secs_f64();
         Ok(logits)
     }
@@ -579,7 +569,7 @@ impl SmolVlm {
 }
 
 impl Vlm for SmolVlm {
-    fn prefill(&mut self, request: &Request) -> Result<Prefill, String> {
+    fn prefill(&mut self, request: &Request) -> Result<Prefill> {
         let start = std::time::Instant::now();
         let prompt = self
             .template

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use super::{Error, Result};
 use crate::backend::{Request, Role};
 
 pub struct ChatTemplate {
@@ -27,7 +28,7 @@ fn token_text(v: &Value) -> Option<String> {
 impl ChatTemplate {
     /// Finds the template where the repo keeps it: `chat_template.jinja`, `chat_template.json`,
     /// or `tokenizer_config.json` (a string, or a list of named templates: `default` is used).
-    pub fn load(dir: &Path) -> Result<Self, String> {
+    pub fn load(dir: &Path) -> Result<Self> {
         let tok_cfg: Value = if dir.join("tokenizer_config.json").is_file() {
             super::read_json(dir, "tokenizer_config.json")?
         } else {
@@ -35,18 +36,17 @@ impl ChatTemplate {
         };
         let jinja = dir.join("chat_template.jinja");
         let source = if jinja.is_file() {
-            std::fs::read_to_string(&jinja)
-                .map_err(|e| format!("cannot read {}: {e}", jinja.display()))?
+            std::fs::read_to_string(&jinja).map_err(|source| Error::Io {
+                path: jinja.clone(),
+                source,
+            })?
         } else if dir.join("chat_template.json").is_file() {
             let v: Value = super::read_json(dir, "chat_template.json")?;
             v.get("chat_template")
                 .and_then(|t| t.as_str())
                 .map(String::from)
                 .ok_or_else(|| {
-                    format!(
-                        "{}: no `chat_template` string",
-                        dir.join("chat_template.json").display()
-                    )
+                    Error::invalid(dir.join("chat_template.json"), "no `chat_template` string")
                 })?
         } else {
             match tok_cfg.get("chat_template") {
@@ -59,20 +59,23 @@ impl ChatTemplate {
                     .and_then(|t| t.as_str())
                     .map(String::from)
                     .ok_or_else(|| {
-                        "tokenizer_config.json: `chat_template` list has no template".to_string()
+                        Error::invalid(
+                            "tokenizer_config.json",
+                            "`chat_template` list has no template",
+                        )
                     })?,
                 _ => {
-                    return Err(format!(
+                    return Err(Error::unsupported(format!(
                         "{} has no chat template (expected chat_template.jinja, chat_template.json or `chat_template` in tokenizer_config.json)",
                         dir.display()
-                    ));
+                    )));
                 }
             }
         };
         Self::from_source(source, &tok_cfg)
     }
 
-    pub fn from_source(source: String, tokenizer_config: &Value) -> Result<Self, String> {
+    pub fn from_source(source: String, tokenizer_config: &Value) -> Result<Self> {
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -90,10 +93,16 @@ impl ChatTemplate {
                 .trim_blocks(true)
                 .lstrip_blocks(true)
                 .build()
-                .map_err(|e| format!("chat template syntax: {e}"))?,
+                .map_err(|source| Error::Template {
+                    what: "chat template syntax",
+                    source,
+                })?,
         );
         env.add_template_owned("chat", source)
-            .map_err(|e| format!("the chat template does not parse: {e}"))?;
+            .map_err(|source| Error::Template {
+                what: "the chat template does not parse",
+                source,
+            })?;
         let mut specials = serde_json::Map::new();
         if let Some(o) = tokenizer_config.as_object() {
             for (k, v) in o {
@@ -127,11 +136,14 @@ impl ChatTemplate {
         Value::Array(out)
     }
 
-    pub fn render(&self, messages: &Value, add_generation_prompt: bool) -> Result<String, String> {
+    pub fn render(&self, messages: &Value, add_generation_prompt: bool) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
-            .map_err(|e| format!("chat template: {e}"))?;
+            .map_err(|source| Error::Template {
+                what: "chat template",
+                source,
+            })?;
         let mut ctx = self.specials.clone();
         ctx.insert("messages".into(), messages.clone());
         ctx.insert(
@@ -139,6 +151,9 @@ impl ChatTemplate {
             Value::Bool(add_generation_prompt),
         );
         tmpl.render(minijinja::value::Value::from(minijinja::value::Serde(&ctx)))
-            .map_err(|e| format!("the chat template failed: {e}"))
+            .map_err(|source| Error::Template {
+                what: "the chat template failed",
+                source,
+            })
     }
 }

@@ -222,23 +222,30 @@ fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
 impl Config {
     /// Reads `dir/config.json`: the defaults, overridden by its `"config"` object; then checks
     /// what the port (and the reference) can run.
-    pub fn load(dir: &Path) -> Result<Config, String> {
+    pub fn load(dir: &Path) -> crate::backend::candle::Result<Config> {
+        use crate::backend::candle::Error;
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        // Not `Error::Config`: the message says what Moondream's file holds.
         let file: File = serde_json::from_str(&text).map_err(|e| {
-            format!(
+            Error::unsupported(format!(
                 "{}:{}: {e} (expected Moondream's config.json: a \"config\" object with sections text, vision, region, tokenizer of the reference's dataclass fields)",
                 path.display(),
                 e.line()
-            )
+            ))
         })?;
         let cfg = file.config.unwrap_or_default();
         cfg.check().map_err(|(section, key, why)| {
             let at = line_of(&text, section, key)
                 .map(|l| format!(":{l}"))
                 .unwrap_or_default();
-            format!("{}{at}: config.{section}.{key}: {why}", path.display())
+            Error::unsupported(format!(
+                "{}{at}: config.{section}.{key}: {why}",
+                path.display()
+            ))
         })?;
         Ok(cfg)
     }
@@ -399,7 +406,7 @@ mod tests {
     fn load(json: &str) -> Result<Config, String> {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("config.json"), json).unwrap();
-        Config::load(t.path())
+        Config::load(t.path()).map_err(|e| e.to_string())
     }
 
     #[test]

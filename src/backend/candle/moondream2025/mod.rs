@@ -46,7 +46,7 @@ use self::crops::Crops;
 use self::text::{Attend, Text};
 use self::vision::{Stages, Vision};
 use super::quant::{self, Precision, QuantSummary, Quantizer};
-use super::{Prefill, Vlm, decode_image};
+use super::{Checkpoint, Error, Prefill, Result, Vlm, decode_image};
 use crate::backend::{Request, Role};
 
 /// The tensor only the 2025 layout has.
@@ -96,7 +96,7 @@ pub fn load(
     tokenizer: Option<&Path>,
     precision: impl Into<Precision>,
     device: &Device,
-) -> Result<Box<dyn Vlm>, String> {
+) -> Result<Box<dyn Vlm>> {
     let precision = precision.into();
     let vb = super::var_builder(dir, precision.dtype, device)?;
     if vb.contains_tensor(LAYOUT_KEY) {
@@ -112,13 +112,13 @@ pub fn load(
     } else {
         tracing::info!(dir = %dir.display(), "moondream2: the 2024 layout");
         if let Some(q) = precision.quant {
-            return Err(quant::unsupported(
+            return Err(Error::Unsupported(quant::unsupported(
                 &format!(
                     "moondream2's 2024 layout (the weights in {} have no `{LAYOUT_KEY}`)",
                     dir.display()
                 ),
                 q,
-            ));
+            )));
         }
         Ok(Box::new(super::moondream::Moondream::load_with_tokenizer(
             dir,
@@ -139,29 +139,27 @@ impl Moondream2025 {
         from_repo: bool,
         precision: impl Into<Precision>,
         device: &Device,
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
         let precision = precision.into();
         let dtype = precision.dtype;
         let q = Quantizer::new(precision.quant);
+        // Of the checkpoint's preamble: the tokenizer (usually another repo's, starmie-v1) and
+        // the weights. config.json is Moondream's own format ([`Config`]), the stop token is its
+        // `eos_id`, and the image goes in as embeddings, not as an image token.
         let cfg = Config::load(dir)?;
-        let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_file)
-            .map_err(|e| format!("cannot load {}: {e}", tokenizer_file.display()))?;
-        check_tokenizer(&tokenizer, &cfg, tokenizer_file, from_repo)?;
-        let vb = super::var_builder(dir, dtype, device)?;
-        let weights = |e: candle_core::Error| {
-            format!(
-                "the weights in {} do not match Moondream's 2025 layout with config.json's dimensions: {e}",
-                dir.display()
-            )
-        };
-        let vision = Vision::load(&cfg.vision, vb.pp("model.vision"), &q).map_err(weights)?;
-        let text = Text::load(&cfg.text, vb.pp("model.text"), &q).map_err(weights)?;
+        let ckpt = Checkpoint::open_with_tokenizer(dir, tokenizer_file, dtype, device)?;
+        check_tokenizer(&ckpt.tokenizer, &cfg, tokenizer_file, from_repo)?;
+        let vb = &ckpt.vb;
+        let weights =
+            ckpt.weights_error_against("Moondream's 2025 layout with config.json's dimensions");
+        let vision = Vision::load(&cfg.vision, vb.pp("model.vision"), &q).map_err(&weights)?;
+        let text = Text::load(&cfg.text, vb.pp("model.text"), &q).map_err(&weights)?;
         Ok(Self {
             eos: vec![cfg.tokenizer.eos_id],
             cfg,
             vision,
             text,
-            tokenizer,
+            tokenizer: ckpt.tokenizer,
             device: device.clone(),
             dtype,
             quantization: q.finish(&format!("moondream2 {}", dir.display())),
@@ -186,49 +184,56 @@ impl Moondream2025 {
     }
 
     /// `[crops, 3, 378, 378]` in the model's dtype.
-    pub fn pixel_tensor(&self, crops: &Crops) -> Result<Tensor, String> {
+    pub fn pixel_tensor(&self, crops: &Crops) -> Result<Tensor> {
         Tensor::from_vec(
             crops.pixels(),
             (crops.images.len(), 3, CROP, CROP),
             &self.device,
         )
         .and_then(|t| t.to_dtype(self.dtype))
-        .map_err(|e| format!("cannot build the pixel tensor: {e}"))
+        .map_err(Error::tensor("cannot build the pixel tensor"))
     }
 
     /// Normalised crops to every vision stage.
-    pub fn encode_pixels(&self, pixels: &Tensor, tiling: (usize, usize)) -> Result<Stages, String> {
+    pub fn encode_pixels(&self, pixels: &Tensor, tiling: (usize, usize)) -> Result<Stages> {
         self.vision
             .forward(pixels, tiling)
-            .map_err(|e| format!("the vision encoder failed: {e}"))
+            .map_err(Error::tensor("the vision encoder failed"))
     }
 
     /// The tokens after the image prefix (with an image) or from position 0 (without).
-    pub fn prompt_ids(&self, task: &Task, with_image: bool) -> Result<Vec<u32>, String> {
+    pub fn prompt_ids(&self, task: &Task, with_image: bool) -> Result<Vec<u32>> {
         let t = &self.cfg.tokenizer;
         match task {
             Task::Caption(len) => {
                 if !with_image {
-                    return Err("a caption needs an image".into());
+                    return Err(Error::request("a caption needs an image"));
                 }
-                let templates = t.templates.caption.as_ref().ok_or(
-                    "this Moondream does not caption (config.json has no caption templates)",
-                )?;
+                let templates = t.templates.caption.as_ref().ok_or_else(|| {
+                    Error::request(
+                        "this Moondream does not caption (config.json has no caption templates)",
+                    )
+                })?;
                 templates.get(len).cloned().ok_or_else(|| {
-                    format!(
+                    Error::request(format!(
                         "no caption length `{len}` (this Moondream has: {})",
                         templates.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )
+                    ))
                 })
             }
             Task::Query(q) => {
-                let qt = t.templates.query.as_ref().ok_or(
-                    "this Moondream does not answer questions (config.json has no query template)",
-                )?;
-                let question = self
-                    .tokenizer
-                    .encode(q.as_str(), true)
-                    .map_err(|e| format!("cannot tokenize the question: {e}"))?;
+                let qt = t.templates.query.as_ref().ok_or_else(|| {
+                    Error::request(
+                        "this Moondream does not answer questions (config.json has no query template)",
+                    )
+                })?;
+                let question =
+                    self.tokenizer
+                        .encode(q.as_str(), true)
+                        .map_err(|source| Error::Tokenize {
+                            what: "the question",
+                            source,
+                        })?;
                 let mut ids = Vec::new();
                 if !with_image {
                     ids.push(t.bos_id);
@@ -239,9 +244,9 @@ impl Moondream2025 {
                 ids.extend(&qt.suffix);
                 let vocab = self.cfg.text.vocab_size;
                 if let Some(id) = ids.iter().find(|id| **id as usize >= vocab) {
-                    return Err(format!(
+                    return Err(Error::unsupported(format!(
                         "the tokenizer gave token {id}, outside the model's vocabulary of {vocab} (config.json text.vocab_size): the tokenizer does not belong to this model"
-                    ));
+                    )));
                 }
                 Ok(ids)
             }
@@ -251,21 +256,19 @@ impl Moondream2025 {
     /// Empties the cache and runs the prompt: BOS + `image` (`[729, dim]` embeddings) attending
     /// both ways, then `ids` causally; or, without an image, `ids` causally from position 0.
     /// Returns the logits after the last id (unmasked).
-    pub fn prefill_ids(&mut self, image: Option<&Tensor>, ids: &[u32]) -> Result<Tensor, String> {
-        let err = |e: candle_core::Error| format!("the forward pass failed: {e}");
+    pub fn prefill_ids(&mut self, image: Option<&Tensor>, ids: &[u32]) -> Result<Tensor> {
         if ids.is_empty() {
-            return Err("the prompt is empty".into());
+            return Err(Error::request("the prompt is empty"));
         }
         self.text.clear();
         if let Some(img) = image {
-            let bos = self.text.embed(&[self.cfg.tokenizer.bos_id]).map_err(err)?;
-            let prefix =
-                Tensor::cat(&[&bos, &img.to_dtype(self.dtype).map_err(err)?], 0).map_err(err)?;
-            self.text.forward(&prefix, Attend::All).map_err(err)?;
+            let bos = self.text.embed(&[self.cfg.tokenizer.bos_id])?;
+            let prefix = Tensor::cat(&[&bos, &img.to_dtype(self.dtype)?], 0)?;
+            self.text.forward(&prefix, Attend::All)?;
         }
-        let x = self.text.embed(ids).map_err(err)?;
-        let hidden = self.text.forward(&x, Attend::Causal).map_err(err)?;
-        self.text.logits(&hidden).map_err(err)
+        let x = self.text.embed(ids)?;
+        let hidden = self.text.forward(&x, Attend::Causal)?;
+        Ok(self.text.logits(&hidden)?)
     }
 
     /// Positions in the KV cache.
@@ -281,7 +284,7 @@ fn check_tokenizer(
     cfg: &Config,
     file: &Path,
     from_repo: bool,
-) -> Result<(), String> {
+) -> Result<()> {
     let eos = tok.token_to_id("<|endoftext|>");
     let marker = tok.token_to_id("<|md_reserved_0|>");
     if eos != Some(cfg.tokenizer.eos_id) || marker.is_none() {
@@ -290,17 +293,17 @@ fn check_tokenizer(
         } else {
             ""
         };
-        return Err(format!(
+        return Err(Error::unsupported(format!(
             "{} is not Moondream's starmie-v1 tokenizer: expected <|endoftext|> = {} and the <|md_reserved_N|> tokens{hint}",
             file.display(),
             cfg.tokenizer.eos_id
-        ));
+        )));
     }
     Ok(())
 }
 
 impl Vlm for Moondream2025 {
-    fn prefill(&mut self, request: &Request) -> Result<Prefill, String> {
+    fn prefill(&mut self, request: &Request) -> Result<Prefill> {
         let prompt = request
             .messages
             .iter()
