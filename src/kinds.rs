@@ -54,54 +54,49 @@ impl BackendKind {
     }
 }
 
-/// In-process architectures (`arch` of a candle model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Arch {
-    /// SmolVLM and SmolVLM2 (Idefics3 layout).
-    #[serde(rename = "smolvlm")]
-    Smolvlm,
-    /// Moondream2, in the layout its revision's files have.
-    #[serde(rename = "moondream2")]
-    Moondream2,
-    /// LLaVA-NeXT (LLaVA-1.6) in the llava-hf layout.
-    #[serde(rename = "llava-next")]
-    LlavaNext,
-    /// PaliGemma.
-    #[serde(rename = "paligemma")]
-    Paligemma,
-    /// Phi-3 / Phi-3.5-Vision (Microsoft's remote-code layout).
-    #[serde(rename = "phi3-v")]
-    Phi3V,
+/// Declares [`Arch`] from one line per architecture: its variant, its models.toml name, whether
+/// it can answer a question without an image (the default of a model's `text_only`), and its
+/// doc line. `ALL`, `name` and `answers_text_only` follow from the table.
+macro_rules! arches {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, text_only: $text:literal;)*) => {
+        /// In-process architectures (`arch` of a candle model).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum Arch {
+            $($(#[doc = $doc])* #[serde(rename = $name)] $variant,)*
+        }
+
+        impl Arch {
+            pub const ALL: &'static [Arch] = &[$(Arch::$variant),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Arch::$variant => $name,)*
+                }
+            }
+
+            /// Whether the architecture can answer a question without an image: the default of
+            /// a model's `text_only`.
+            pub fn answers_text_only(self) -> bool {
+                match self {
+                    $(Arch::$variant => $text,)*
+                }
+            }
+        }
+    };
 }
 
-impl Arch {
-    pub const ALL: [Arch; 5] = [
-        Arch::Smolvlm,
-        Arch::Moondream2,
-        Arch::LlavaNext,
-        Arch::Paligemma,
-        Arch::Phi3V,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Smolvlm => "smolvlm",
-            Arch::Moondream2 => "moondream2",
-            Arch::LlavaNext => "llava-next",
-            Arch::Paligemma => "paligemma",
-            Arch::Phi3V => "phi3-v",
-        }
-    }
-
-    /// Whether the architecture can answer a question without an image: the default of a
-    /// model's `text_only`. PaliGemma has no text-only prompt format, and Moondream2's 2024
-    /// layout always encodes an image (its 2025 layout can do without: set `text_only = true`).
-    pub fn answers_text_only(self) -> bool {
-        match self {
-            Arch::Smolvlm | Arch::LlavaNext | Arch::Phi3V => true,
-            Arch::Paligemma | Arch::Moondream2 => false,
-        }
-    }
+arches! {
+    /// SmolVLM and SmolVLM2 (Idefics3 layout).
+    Smolvlm = "smolvlm", text_only: true;
+    /// Moondream2, in the layout its revision's files have. Its 2024 layout always encodes an
+    /// image (the 2025 layout can do without: set `text_only = true`).
+    Moondream2 = "moondream2", text_only: false;
+    /// LLaVA-NeXT (LLaVA-1.6) in the llava-hf layout.
+    LlavaNext = "llava-next", text_only: true;
+    /// PaliGemma: no text-only prompt format.
+    Paligemma = "paligemma", text_only: false;
+    /// Phi-3 / Phi-3.5-Vision (Microsoft's remote-code layout).
+    Phi3V = "phi3-v", text_only: true;
 }
 
 /// Weight and compute precision of an in-process model (`dtype`).
@@ -183,7 +178,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_serde() {
-        for a in Arch::ALL {
+        for &a in Arch::ALL {
             assert_eq!(parse::<Arch>(a.name()), Ok(a));
         }
         for b in BackendKind::ALL {

@@ -49,9 +49,14 @@ fn nextest(dir: &Path, args: &[&str]) -> Command {
         // What cargo sets for this test process too: build scripts that watch those variables
         // (ring's does) would see them changed and rebuild half the dependency tree (it made
         // this test take 320 s in CI instead of reusing the build).
-        let set_by_cargo = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
-            .iter()
-            .any(|p| k.starts_with(p))
+        let set_by_cargo = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
             || ["CARGO_TARGET_TMPDIR", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&k.as_str());
         if set_by_cargo
             || k.starts_with("VLMTEST_")

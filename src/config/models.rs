@@ -762,7 +762,11 @@ fn candle_spec(
                 Some(model_line),
                 format!(
                     "model `{name}`: backend `candle` needs `arch` (one of: {})",
-                    Arch::ALL.map(Arch::name).join(", ")
+                    Arch::ALL
+                        .iter()
+                        .map(|a| a.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
             None
