@@ -317,13 +317,7 @@ pub fn entry(
         key: parts.key(),
         parts,
         fingerprint: fingerprint.clone(),
-        question: request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == crate::backend::Role::User)
-            .map(|m| m.text.clone())
-            .unwrap_or_default(),
+        question: request.last_question().to_string(),
         answer: Recorded {
             text: g.text.clone(),
             latency_ms: g.latency.as_secs_f64() * 1000.0,

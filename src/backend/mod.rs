@@ -52,6 +52,18 @@ pub struct Request {
     pub params: GenParams,
 }
 
+impl Request {
+    /// The text of the last user message ("" when there is none): the question of a model with
+    /// no chat format, and the question a recording shows.
+    pub fn last_question(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map_or("", |m| m.text.as_str())
+    }
+}
+
 /// What a backend answers.
 #[derive(Debug, Clone, Default)]
 pub struct Generation {

@@ -26,7 +26,7 @@ use super::{
     Checkpoint, Error, Prefill, Result, Vlm, push_chw, read_json, request_images, resize_rgb,
     splice_images,
 };
-use crate::backend::{Request, Role};
+use crate::backend::Request;
 use crate::resample::Filter;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -338,13 +338,7 @@ impl PaliGemma {
 
 impl Vlm for PaliGemma {
     fn prefill(&mut self, request: &Request) -> Result<Prefill> {
-        let prompt = request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .map(|m| m.text.clone())
-            .unwrap_or_default();
+        let prompt = request.last_question().to_string();
         let images = request_images(request)?;
         if images.is_empty() {
             return Err(Error::request(

@@ -47,7 +47,7 @@ use self::text::{Attend, Text};
 use self::vision::{Stages, Vision};
 use super::quant::{self, Precision, QuantSummary, Quantizer};
 use super::{Checkpoint, Error, Prefill, Result, Vlm, decode_image};
-use crate::backend::{Request, Role};
+use crate::backend::Request;
 
 /// The tensor only the 2025 layout has.
 pub const LAYOUT_KEY: &str = "model.vision.patch_emb.weight";
@@ -304,13 +304,7 @@ fn check_tokenizer(
 
 impl Vlm for Moondream2025 {
     fn prefill(&mut self, request: &Request) -> Result<Prefill> {
-        let prompt = request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .map(|m| m.text.as_str())
-            .unwrap_or_default();
+        let prompt = request.last_question();
         let task = Task::parse(prompt);
         let image = request
             .messages
