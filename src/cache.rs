@@ -39,7 +39,10 @@ pub struct KeyParts {
 }
 
 impl KeyParts {
-    pub fn of(fingerprint: &Fingerprint, request: &Request) -> Result<KeyParts, String> {
+    pub fn of(
+        fingerprint: &Fingerprint,
+        request: &Request,
+    ) -> Result<KeyParts, crate::config::image::ImageError> {
         let digest = |v: &serde_json::Value| {
             hex(&Sha256::digest(
                 serde_json::to_string(v).unwrap_or_default().as_bytes(),

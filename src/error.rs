@@ -27,6 +27,12 @@ impl ConfigError {
     }
 }
 
+impl From<crate::kinds::EnvError> for ConfigError {
+    fn from(e: crate::kinds::EnvError) -> Self {
+        ConfigError::env(e.to_string())
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.display().to_string();

@@ -10,9 +10,29 @@ use serde::{Deserialize, Serialize};
 
 /// Reads a closed-set value from its name, with serde's message listing the valid choices
 /// ("unknown variant `x`, expected one of `a`, `b`").
-pub fn parse<'de, T: Deserialize<'de>>(name: &'de str) -> Result<T, String> {
+pub fn parse<'de, T: Deserialize<'de>>(name: &'de str) -> Result<T, serde::de::value::Error> {
     let de = serde::de::value::BorrowedStrDeserializer::<serde::de::value::Error>::new(name);
-    T::deserialize(de).map_err(|e| e.to_string())
+    T::deserialize(de)
+}
+
+/// An environment variable whose value is not one of its choices.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}=`{value}` is not understood (expected one of: {})", .choices.join(", "))]
+pub struct EnvError {
+    pub var: &'static str,
+    /// The value as set, trimmed.
+    pub value: String,
+    pub choices: &'static [&'static str],
+}
+
+impl EnvError {
+    pub fn new(var: &'static str, value: &str, choices: &'static [&'static str]) -> EnvError {
+        EnvError {
+            var,
+            value: value.trim().to_string(),
+            choices,
+        }
+    }
 }
 
 /// Why a candle model cannot run in a build without the `candle` feature.
@@ -240,7 +260,8 @@ pub enum CacheMode {
 }
 
 impl CacheMode {
-    pub fn parse(v: &str) -> Result<CacheMode, String> {
+    /// Reads `VLMTEST_CACHE` (empty: `off`).
+    pub fn parse(v: &str) -> Result<CacheMode, EnvError> {
         Ok(match v.trim() {
             "" | "off" => CacheMode::Off,
             "read" => CacheMode::Read,
@@ -248,8 +269,10 @@ impl CacheMode {
             "readwrite" => CacheMode::ReadWrite,
             "strict" => CacheMode::Strict,
             other => {
-                return Err(format!(
-                    "VLMTEST_CACHE=`{other}` is not understood (expected one of: off, read, write, readwrite, strict)"
+                return Err(EnvError::new(
+                    "VLMTEST_CACHE",
+                    other,
+                    &["off", "read", "write", "readwrite", "strict"],
                 ));
             }
         })

@@ -140,13 +140,18 @@ pub fn allocator() -> Allocator {
 
 impl Allocator {
     /// Reads `VLMTEST_MALLOC`: `tuned`, `default`, or unset (then `when_unset`).
-    pub fn from_env(value: Option<&str>, when_unset: Allocator) -> Result<Allocator, String> {
+    pub fn from_env(
+        value: Option<&str>,
+        when_unset: Allocator,
+    ) -> Result<Allocator, crate::kinds::EnvError> {
         match value.map(str::trim) {
             None | Some("") => Ok(when_unset),
             Some("tuned") => Ok(Allocator::Tuned),
             Some("default") => Ok(Allocator::Default),
-            Some(other) => Err(format!(
-                "VLMTEST_MALLOC=`{other}` is not understood (expected one of: tuned, default)"
+            Some(other) => Err(crate::kinds::EnvError::new(
+                "VLMTEST_MALLOC",
+                other,
+                &["tuned", "default"],
             )),
         }
     }

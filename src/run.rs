@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::{
-    Generation, LoadError, LoadStats, Message, ModelSlot, Request, Role, Semaphore, SlotUse,
+    Generation, LoadStats, Message, ModelSlot, Request, Role, Semaphore, SlotUse,
 };
 use crate::cache::CacheMode;
 use crate::config::{Env, GateMode};
@@ -763,7 +763,8 @@ impl Run {
         let mut parts = None;
         if let Some(rec) = recording {
             let fp = slot.fingerprint();
-            let p = crate::cache::KeyParts::of(fp, request).map_err(AnswerError::Failed)?;
+            let p = crate::cache::KeyParts::of(fp, request)
+                .map_err(|e| AnswerError::Failed(e.to_string()))?;
             if mode.reads() {
                 match rec.lookup(label, &p, fp) {
                     crate::cache::Lookup::Hit(g) => return Ok(g),
@@ -777,8 +778,8 @@ impl Run {
         }
         let backend = match slot.get() {
             Ok(b) => b,
-            Err(LoadError::Unavailable(w)) => return Err(AnswerError::Unavailable(w)),
-            Err(LoadError::Failed(w)) => return Err(AnswerError::LoadFailed(w)),
+            Err(e) if e.unavailable() => return Err(AnswerError::Unavailable(e.to_string())),
+            Err(e) => return Err(AnswerError::LoadFailed(e.to_string())),
         };
         let generation = backend.generate(request);
         slot.sample_memory();
@@ -803,7 +804,7 @@ impl Run {
     }
 
     /// Ends the run: drops every model, tidies the recordings and writes the reports.
-    pub fn finish(&self) -> Result<(), String> {
+    pub fn finish(&self) -> Result<(), crate::report::OutputError> {
         for r in self.recordings.iter().flatten() {
             if let Err(e) = r.compact() {
                 tracing::warn!("{e}");
@@ -818,7 +819,7 @@ impl Run {
 
     /// Ends an interrupted run: the cases being asked are recorded as interrupted, then every
     /// output is written for what finished (`complete: false`).
-    pub fn finish_interrupted(&self) -> Result<(), String> {
+    pub fn finish_interrupted(&self) -> Result<(), crate::report::OutputError> {
         let in_flight: Vec<usize> = self.lock_in_flight().iter().copied().collect();
         for i in in_flight {
             self.recorder.record_case(&self.interrupted_result(i));

@@ -14,6 +14,11 @@
 //! - A request that cannot be honoured exactly (streaming, `n` > 1, `stop`, `top_p`, tools, an
 //!   image by `http` URL…) gets 400 and a JSON error naming the field, never a silently different
 //!   answer; a `model` other than the served one gets 404.
+//! - A request the model fails is answered with the status that says whose fault it is
+//!   ([`crate::backend::BackendError::http_status`]): 400 for an image or request the model
+//!   cannot take, 502 when the server behind a proxied model fails or answers nonsense, 503 when
+//!   a managed llama-server is down, 504 when it does not answer within `timeout_s`, 500 for a
+//!   failure of the in-process model itself.
 //! - The model is loaded once, at start; requests are answered one at a time for an in-process
 //!   model (it is not re-entrant), up to `concurrency` for the HTTP backends.
 //!
@@ -436,7 +441,7 @@ pub fn decode_data_url(url: &str, at: &str) -> Result<Arc<Image>, ApiError> {
         .map_err(|e| bad(format!("invalid base64: {e}")))?;
     Image::from_bytes(bytes, format!("the image in {at}"))
         .map(Arc::new)
-        .map_err(bad)
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// The chat/completions reply for a generation.
@@ -515,7 +520,9 @@ fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Payload Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Unknown",
     }
 }
@@ -778,7 +785,7 @@ impl Shared {
             Ok(Err(e)) => {
                 tracing::warn!(model = %self.name, "request {id} failed: {e}");
                 return Err(ApiError::status(
-                    500,
+                    e.http_status(),
                     format!("model `{}` could not answer: {e}", self.name),
                 ));
             }
@@ -1022,9 +1029,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
     let slot = ModelSlot::new(spec, Arc::new(Semaphore::new(1)), &env.out);
     let backend = match slot.get() {
         Ok(b) => b,
-        Err(
-            crate::backend::LoadError::Unavailable(why) | crate::backend::LoadError::Failed(why),
-        ) => {
+        Err(why) => {
             eprintln!("error: model `{name}` cannot be served: {why}");
             return ExitCode::FAILURE;
         }

@@ -479,6 +479,51 @@ fn bad_requests_get_a_json_error_and_the_server_carries_on() {
     assert!(!served.log().contains("panicked"), "{}", served.log());
 }
 
+/// A model behind `vlmtest serve` that fails answers with the status that says whose fault it
+/// is: the server behind it failing or answering nonsense is 502, not answering in time 504
+/// (never the 500 of a bug in vlmtest), and the server carries on.
+#[test]
+fn a_failing_server_behind_serve_gets_502_or_504() {
+    let upstream = common::Server::start(|seen| {
+        let q = seen.last_question();
+        if q.contains("crash") {
+            common::Reply::raw(500, r#"{"error": {"message": "CUDA out of memory"}}"#)
+        } else if q.contains("garbage") {
+            common::Reply::raw(200, "this is not JSON")
+        } else if q.contains("slow") {
+            common::Reply::answer("late").after(3000)
+        } else {
+            common::Reply::answer("fine")
+        }
+    });
+    let project = Project::new();
+    project.models(&upstream, &[("proxied", "timeout_s = 1")]);
+    let served = Served::start(&project.path("models.toml"), "proxied", &[]);
+    let ask = |q: &str| {
+        post(
+            &served.url,
+            &json!({"messages": [{"role": "user", "content": q}], "max_tokens": 8}),
+        )
+    };
+    for (q, status, needle) in [
+        ("please crash", 502, "HTTP 500"),
+        ("garbage please", 502, "not JSON"),
+        ("slow one", 504, "timed out"),
+    ] {
+        let (got, reply) = ask(q);
+        let msg = reply["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(got, status, "{q}: {reply}");
+        assert_eq!(reply["error"]["type"], "server_error", "{q}: {reply}");
+        assert!(
+            msg.contains("model `proxied` could not answer") && msg.contains(needle),
+            "{q}: {msg:?} lacks {needle:?}"
+        );
+    }
+    let (got, reply) = ask("and now?");
+    assert_eq!(got, 200, "{reply}");
+    assert_eq!(reply["choices"][0]["message"]["content"], "fine");
+}
+
 #[cfg(unix)]
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child of this test; no memory is involved.

@@ -1,7 +1,10 @@
 //! Why a backend could not answer a request. The variants say what failed (the server's HTTP
 //! status, a timeout, the connection, a malformed reply, a crashed llama-server, the in-process
-//! model); each one's message is the sentence the report and `vlmtest serve` show.
+//! model); each one's message is the sentence the report and `vlmtest serve` show. A
+//! [`LoadError`] says why a model could not be used at all.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A failed generation.
@@ -31,8 +34,8 @@ pub enum BackendError {
     #[error("the server answered with an error: {0}")]
     Refused(String),
     /// An image of the request could not be prepared for sending.
-    #[error("{0}")]
-    Image(String),
+    #[error(transparent)]
+    Image(#[from] crate::config::image::ImageError),
     /// A failure after retries: the last attempt's error, the number of retries, and, when the
     /// model's `timeout_s` left no time for another, that timeout.
     #[error("{last}{}{}", after_retries(.retries), no_time_left(.timeout))]
@@ -57,8 +60,8 @@ pub enum BackendError {
         log_tail: String,
     },
     /// The managed llama-server exited and could not be started again.
-    #[error("{0}")]
-    Restart(String),
+    #[error(transparent)]
+    Restart(Box<LoadError>),
     /// The request failed on a llama-server started again after it had exited.
     #[error(
         "{source} (after restarting llama-server, which had exited: {status}); last lines of {log}:\n{log_tail}"
@@ -84,10 +87,162 @@ impl From<super::candle::Error> for BackendError {
 }
 
 impl BackendError {
+    /// The HTTP status `vlmtest serve` answers this failure with: 400 when the request itself
+    /// cannot be answered as asked (an image that cannot be decoded or sent, a request the
+    /// model refuses), 502 when the server behind it failed or answered nonsense, 503 when the
+    /// managed server is down, 504 when it did not answer in time, 500 for a failure of the
+    /// in-process model itself.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            BackendError::Image(_) => 400,
+            BackendError::Http { .. }
+            | BackendError::Transport { .. }
+            | BackendError::Reply { .. }
+            | BackendError::Protocol(_)
+            | BackendError::Refused(_) => 502,
+            BackendError::Timeout { .. } => 504,
+            BackendError::GaveUp { last, .. } => last.http_status(),
+            BackendError::NotRunning { .. }
+            | BackendError::Crashed { .. }
+            | BackendError::Restart(_) => 503,
+            BackendError::AfterRestart { source, .. } => source.http_status(),
+            #[cfg(feature = "candle")]
+            BackendError::Model(e) => match **e {
+                super::candle::Error::Request(_)
+                | super::candle::Error::Image { .. }
+                | super::candle::Error::ImageFile(_) => 400,
+                _ => 500,
+            },
+        }
+    }
+
     /// [`BackendError::Model`], for `map_err`.
     #[cfg(feature = "candle")]
     pub fn model(e: super::candle::Error) -> BackendError {
         e.into()
+    }
+}
+
+/// Why a model could not be used. Its trials fail with this message, or are ignored with it
+/// when the model is only [unavailable](LoadError::unavailable) here (files not downloaded, a
+/// server not started). A model loads once per run and every trial that needs it gets a copy,
+/// so the sources are shared (`Arc`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// Not in the Hugging Face cache and not to be downloaded now (`why`: what is missing;
+    /// `fix`: how to get it).
+    #[error("{why}; {fix}")]
+    NotCached { why: String, fix: String },
+    /// A download on first use could not start or did not finish.
+    #[cfg(feature = "candle")]
+    #[error("{why}{}{source}; {fix}", if *.started { ", and downloading it failed: " } else { "; " })]
+    Download {
+        why: String,
+        fix: String,
+        /// False when it could not even start (the download lock).
+        started: bool,
+        #[source]
+        source: Arc<super::candle::hub::FetchError>,
+    },
+    /// Cached files that are there but unusable (the message says which and why).
+    #[error("{0}")]
+    Broken(String),
+    /// What models.toml names does not fit what is on disk (a path that is not a folder, a
+    /// missing tokenizer, a dtype the architecture cannot use).
+    #[error("model `{model}`: {what}")]
+    Invalid { model: String, what: String },
+    /// A file models.toml names is not there.
+    #[error("`{key}` file {} not found", .path.display())]
+    MissingFile { key: &'static str, path: PathBuf },
+    /// The checkpoint could not be loaded: its config, tokenizer or weights.
+    #[cfg(feature = "candle")]
+    #[error("model `{model}`: {source}")]
+    Checkpoint {
+        model: String,
+        #[source]
+        source: Arc<super::candle::Error>,
+    },
+    /// The device models.toml asks for is not usable.
+    #[cfg(feature = "candle")]
+    #[error(transparent)]
+    Device(Arc<super::candle::Error>),
+    /// A file the load writes (a server's log) could not be created or opened.
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The `port` models.toml gives is taken.
+    #[error(
+        "port {port} is already in use ({source}); choose another `port` in models.toml, or remove it to let vlmtest pick a free one"
+    )]
+    PortInUse {
+        port: u16,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("cannot find a free port: {0}")]
+    NoFreePort(#[source] Arc<std::io::Error>),
+    /// The llama-server binary is not installed.
+    #[error(
+        "llama-server binary `{binary}` not found (install llama.cpp, see the README, or set `binary` in models.toml)"
+    )]
+    ServerMissing { binary: String },
+    #[error("cannot start `{command}`: {source}")]
+    ServerSpawn {
+        command: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The server started but did not become ready (`why`: it exited, or the wait timed out).
+    #[error(
+        "llama-server for `{model}` {why}\ncommand: {command}\nlast lines of {log}:\n{log_tail}"
+    )]
+    ServerNotReady {
+        model: String,
+        why: String,
+        command: String,
+        log: String,
+        log_tail: String,
+    },
+    #[error("the API key variable `{var}` (api_key_env in models.toml) is not set")]
+    NoApiKey { var: String },
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] Arc<reqwest::Error>),
+    /// An OpenAI-compatible server that does not answer.
+    #[error(
+        "the server at {url} is not reachable ({}): start it, or set VLMTEST_REQUIRE_MODELS=1 to make this a failure",
+        root_cause(.source.as_ref())
+    )]
+    Unreachable {
+        url: String,
+        #[source]
+        source: Arc<reqwest::Error>,
+    },
+    /// A loader panicked (a checkpoint whose values break an assumption of the code).
+    #[error(
+        "loading model `{model}` panicked: {message} (a bug in vlmtest or a checkpoint it does not check yet: please report it)"
+    )]
+    Panicked { model: String, message: String },
+    /// An in-process model in a build without the `candle` feature.
+    #[error("model `{model}`: {}", crate::kinds::NO_CANDLE)]
+    NoCandle { model: String },
+}
+
+impl LoadError {
+    /// Whether the model is only unavailable here (its trials are ignored with the reason, or
+    /// fail under `VLMTEST_REQUIRE_MODELS=1`) rather than broken.
+    pub fn unavailable(&self) -> bool {
+        match self {
+            LoadError::NotCached { .. }
+            | LoadError::ServerMissing { .. }
+            | LoadError::Unreachable { .. } => true,
+            #[cfg(feature = "candle")]
+            LoadError::Download { .. } => true,
+            _ => false,
+        }
     }
 }
 

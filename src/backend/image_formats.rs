@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use image::{DynamicImage, ImageFormat};
 
-use crate::config::image::Image;
+use crate::config::image::{Image, ImageError};
 
 /// The formats llama-server decodes itself (stb_image), without ffmpeg.
 pub const LLAMA_SERVER: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/bmp"];
@@ -46,7 +46,7 @@ impl ImageFormats {
 
     /// The image as a `data:` URL the server can read: the file itself when the server takes
     /// its format, else a PNG of its pixels.
-    pub fn data_url(&self, img: &Image) -> Result<Arc<str>, String> {
+    pub fn data_url(&self, img: &Image) -> Result<Arc<str>, ImageError> {
         if self.accepts(img.mime) {
             return img.data_url();
         }
@@ -54,11 +54,10 @@ impl ImageFormats {
             return Ok(hit.clone());
         }
         let bytes = img.bytes()?;
-        let png = to_png(&bytes).map_err(|e| {
-            format!(
-                "image `{}` ({}) cannot be re-encoded as PNG for this server: {e}",
-                img.shown, img.mime
-            )
+        let png = to_png(&bytes).map_err(|e| ImageError::Reencode {
+            shown: img.shown.clone(),
+            mime: img.mime,
+            source: Arc::new(e),
         })?;
         tracing::debug!(image = %img.shown, from = img.mime, "re-encoded as PNG");
         use base64::Engine;
@@ -78,8 +77,8 @@ impl ImageFormats {
 /// Decodes an image file and encodes its pixels as PNG, losslessly: PNG holds every 8- and
 /// 16-bit grey, grey + alpha, RGB and RGBA image as it is. Float images (which no format a suite
 /// may use decodes to) become 16-bit RGBA.
-pub fn to_png(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let decoded = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+pub fn to_png(bytes: &[u8]) -> Result<Vec<u8>, image::ImageError> {
+    let decoded = image::load_from_memory(bytes)?;
     let pixels = match decoded {
         DynamicImage::ImageRgb32F(_) | DynamicImage::ImageRgba32F(_) => {
             DynamicImage::ImageRgba16(decoded.to_rgba16())
@@ -87,9 +86,7 @@ pub fn to_png(bytes: &[u8]) -> Result<Vec<u8>, String> {
         other => other,
     };
     let mut out = Cursor::new(Vec::new());
-    pixels
-        .write_to(&mut out, ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
+    pixels.write_to(&mut out, ImageFormat::Png)?;
     Ok(out.into_inner())
 }
 

@@ -216,16 +216,15 @@ impl LlamaServer {
                 std::iter::once(("model", model)).chain(mmproj.iter().map(|m| ("mmproj", m)))
             {
                 if !p.is_file() {
-                    return Err(LoadError::Failed(format!(
-                        "`{key}` file {} not found",
-                        p.display()
-                    )));
+                    return Err(LoadError::MissingFile {
+                        key,
+                        path: p.clone(),
+                    });
                 }
             }
         }
         let logs = out.join("logs");
-        std::fs::create_dir_all(&logs)
-            .map_err(|e| LoadError::Failed(format!("cannot create {}: {e}", logs.display())))?;
+        std::fs::create_dir_all(&logs).map_err(|e| io_error("create", &logs, e))?;
         let server = LlamaServer {
             name: name.to_string(),
             spec: spec.clone(),
@@ -247,14 +246,15 @@ impl LlamaServer {
         match self.spec.port {
             Some(p) => match TcpListener::bind(("127.0.0.1", p)) {
                 Ok(_) => Ok(p),
-                Err(e) => Err(LoadError::Failed(format!(
-                    "port {p} is already in use ({e}); choose another `port` in models.toml, or remove it to let vlmtest pick a free one"
-                ))),
+                Err(e) => Err(LoadError::PortInUse {
+                    port: p,
+                    source: Arc::new(e),
+                }),
             },
             None => TcpListener::bind(("127.0.0.1", 0))
                 .and_then(|l| l.local_addr())
                 .map(|a| a.port())
-                .map_err(|e| LoadError::Failed(format!("cannot find a free port: {e}"))),
+                .map_err(|e| LoadError::NoFreePort(Arc::new(e))),
         }
     }
 
@@ -294,10 +294,10 @@ impl LlamaServer {
                 .create(true)
                 .open(&self.log)
         }
-        .map_err(|e| LoadError::Failed(format!("cannot create {}: {e}", self.log.display())))?;
+        .map_err(|e| io_error("create", &self.log, e))?;
         let log2 = log
             .try_clone()
-            .map_err(|e| LoadError::Failed(format!("cannot open {}: {e}", self.log.display())))?;
+            .map_err(|e| io_error("open", &self.log, e))?;
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .stdin(Stdio::null())
@@ -320,12 +320,16 @@ impl LlamaServer {
         let mut child = match spawn(cmd) {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(LoadError::Unavailable(format!(
-                    "llama-server binary `{}` not found (install llama.cpp, see the README, or set `binary` in models.toml)",
-                    self.spec.binary
-                )));
+                return Err(LoadError::ServerMissing {
+                    binary: self.spec.binary.clone(),
+                });
             }
-            Err(e) => return Err(LoadError::Failed(format!("cannot start `{shown}`: {e}"))),
+            Err(e) => {
+                return Err(LoadError::ServerSpawn {
+                    command: shown,
+                    source: Arc::new(e),
+                });
+            }
         };
         let pgid = child.id() as i32;
         if let Ok(mut g) = GROUPS.lock() {
@@ -336,12 +340,13 @@ impl LlamaServer {
             Ok(()) => {}
             Err(why) => {
                 self.stop(&mut child);
-                return Err(LoadError::Failed(format!(
-                    "llama-server for `{}` {why}\ncommand: {shown}\nlast lines of {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    log_tail(&self.log, 20)
-                )));
+                return Err(LoadError::ServerNotReady {
+                    model: self.name.clone(),
+                    why,
+                    command: shown,
+                    log: self.log.display().to_string(),
+                    log_tail: log_tail(&self.log, 20),
+                });
             }
         }
         let mut client = OpenAi::new(&OpenAiSpec {
@@ -350,8 +355,7 @@ impl LlamaServer {
             api_key_env: None,
             timeout: self.spec.timeout,
             concurrency: self.spec.concurrency,
-        })
-        .map_err(LoadError::Failed)?;
+        })?;
         client.images = ImageFormats::only(image_formats::LLAMA_SERVER);
         client
             .extra_body
@@ -437,9 +441,9 @@ impl LlamaServer {
         if let Some(mut old) = guard.take() {
             self.stop(&mut old.child);
         }
-        let running = self.launch(false).map_err(|e| match e {
-            LoadError::Failed(m) | LoadError::Unavailable(m) => BackendError::Restart(m),
-        })?;
+        let running = self
+            .launch(false)
+            .map_err(|e| BackendError::Restart(Box::new(e)))?;
         *guard = Some(running);
         Ok(())
     }
@@ -526,5 +530,13 @@ mod tests {
             "Name:\tllama-server\nVmPeak:\t  912340 kB\nVmHWM:\t   45280 kB\nVmRSS:\t   32768 kB\n";
         assert_eq!(vm_hwm(status), Some(45280 * 1024));
         assert_eq!(vm_hwm("Name:\tx\nVmRSS:\t 1 kB\n"), None);
+    }
+}
+
+fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> LoadError {
+    LoadError::Io {
+        action,
+        path: path.to_path_buf(),
+        source: Arc::new(source),
     }
 }

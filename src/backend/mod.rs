@@ -84,7 +84,7 @@ pub struct Generation {
     pub preprocessing: Option<serde_json::Value>,
 }
 
-pub use error::BackendError;
+pub use error::{BackendError, LoadError};
 
 /// An inference engine serving one model.
 pub trait Backend: Send + Sync {
@@ -95,15 +95,6 @@ pub trait Backend: Send + Sync {
     fn external_memory_bytes(&self) -> Option<u64> {
         None
     }
-}
-
-/// Why a model could not be used.
-#[derive(Debug, Clone)]
-pub enum LoadError {
-    /// The model's files are not available offline: its trials are ignored with this reason
-    /// (or fail under `VLMTEST_REQUIRE_MODELS=1`).
-    Unavailable(String),
-    Failed(String),
 }
 
 /// Builds the backend for a model. This is where weights are read or servers started.
@@ -117,14 +108,12 @@ fn load(spec: &ModelSpec, out: &Path) -> Result<Arc<dyn Backend>, LoadError> {
         }
         // models.toml refuses candle models in such a build; this is a second line of defence.
         #[cfg(not(feature = "candle"))]
-        BackendSpec::Candle(_) => Err(LoadError::Failed(format!(
-            "model `{}`: {}",
-            spec.name,
-            crate::kinds::NO_CANDLE
-        ))),
+        BackendSpec::Candle(_) => Err(LoadError::NoCandle {
+            model: spec.name.clone(),
+        }),
         BackendSpec::OpenAi(o) => {
-            let b = openai::OpenAi::new(o).map_err(LoadError::Failed)?;
-            b.probe().map_err(LoadError::Unavailable)?;
+            let b = openai::OpenAi::new(o)?;
+            b.probe()?;
             Ok(Arc::new(b))
         }
     }
@@ -168,10 +157,10 @@ fn load_guarded(
                 .map(String::as_str)
                 .or_else(|| payload.downcast_ref::<&str>().copied())
                 .unwrap_or("(no message)");
-            Err(LoadError::Failed(format!(
-                "loading model `{}` panicked: {what} (a bug in vlmtest or a checkpoint it does not check yet: please report it)",
-                spec.name
-            )))
+            Err(LoadError::Panicked {
+                model: spec.name.clone(),
+                message: what.to_string(),
+            })
         }
     }
 }
@@ -347,10 +336,8 @@ impl ModelSlot {
         }
         let result = prepared.and_then(|()| load_guarded(self.loader, &self.spec, &self.out));
         if shown.is_some() {
-            let error = result.as_ref().err().map(|e| match e {
-                LoadError::Unavailable(m) | LoadError::Failed(m) => m.as_str(),
-            });
-            crate::progress::loaded(&self.spec.name, start.elapsed(), error);
+            let error = result.as_ref().err().map(ToString::to_string);
+            crate::progress::loaded(&self.spec.name, start.elapsed(), error.as_deref());
         }
         let load_s = start.elapsed().as_secs_f64();
         let after = crate::machine::process_rss();
@@ -375,9 +362,7 @@ impl ModelSlot {
             }
             Err(e) => {
                 // `resident` is dropped here: the permit goes back.
-                stats.load_error = Some(match &e {
-                    LoadError::Unavailable(m) | LoadError::Failed(m) => m.clone(),
-                });
+                stats.load_error = Some(e.to_string());
                 *state = SlotState::Failed(e.clone());
                 Err(e)
             }
@@ -538,9 +523,10 @@ mod tests {
             loads,
         ));
         match broken.get() {
-            Err(LoadError::Failed(m)) => {
+            Err(e @ LoadError::Panicked { .. }) => {
+                let m = e.to_string();
                 assert!(
-                    m.contains("panicked") && m.contains("divide by zero"),
+                    m.contains("panicked") && m.contains("divide by zero") && !e.unavailable(),
                     "{m}"
                 )
             }

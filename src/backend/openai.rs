@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::error::root_cause;
 use super::image_formats::ImageFormats;
-use super::{Backend, BackendError, Generation, Request, Semaphore};
+use super::{Backend, BackendError, Generation, LoadError, Request, Semaphore};
 use crate::config::OpenAiSpec;
 
 pub struct OpenAi {
@@ -32,16 +31,12 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(spec: &OpenAiSpec) -> Result<Self, String> {
+    pub fn new(spec: &OpenAiSpec) -> Result<Self, LoadError> {
         let api_key = match &spec.api_key_env {
             None => None,
             Some(var) => match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Some(v),
-                _ => {
-                    return Err(format!(
-                        "the API key variable `{var}` (api_key_env in models.toml) is not set"
-                    ));
-                }
+                _ => return Err(LoadError::NoApiKey { var: var.clone() }),
             },
         };
         let client = reqwest::blocking::Client::builder()
@@ -49,7 +44,7 @@ impl OpenAi {
             .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(spec.timeout.min(std::time::Duration::from_secs(10)))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(|e| LoadError::HttpClient(std::sync::Arc::new(e)))?;
         Ok(Self {
             alive: None,
             images: ImageFormats::default(),
@@ -67,7 +62,7 @@ impl OpenAi {
     /// Checks that something answers at `base_url` (`GET {base_url}/models`; any HTTP status will
     /// do). A server that is not running makes the model unavailable rather than failing every
     /// case with the same connection error.
-    pub fn probe(&self) -> Result<(), String> {
+    pub fn probe(&self) -> Result<(), LoadError> {
         let url = format!("{}/models", self.base_url);
         let mut call = self
             .client
@@ -78,11 +73,10 @@ impl OpenAi {
         }
         match call.send() {
             Ok(_) => Ok(()),
-            Err(e) => Err(format!(
-                "the server at {} is not reachable ({}): start it, or set VLMTEST_REQUIRE_MODELS=1 to make this a failure",
-                self.base_url,
-                root_cause(&e)
-            )),
+            Err(e) => Err(LoadError::Unreachable {
+                url: self.base_url.clone(),
+                source: std::sync::Arc::new(e),
+            }),
         }
     }
 }
@@ -105,7 +99,7 @@ pub fn request_body(
         }
         let mut parts = Vec::with_capacity(m.images.len() + 1);
         for img in &m.images {
-            let url = images.data_url(img).map_err(BackendError::Image)?;
+            let url = images.data_url(img)?;
             parts.push(json!({
                 "type": "image_url",
                 "image_url": {"url": &*url}

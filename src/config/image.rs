@@ -4,6 +4,30 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+/// Why an image cannot be used. Cloned out of the image's once-read cache, so the source is
+/// shared.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ImageError {
+    /// The suite's image file cannot be read (it was checked at load time: it went away).
+    #[error("cannot read image {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Bytes received (a request to `vlmtest serve`) that are not an image vlmtest reads.
+    #[error("{shown} cannot be decoded: {why} (expected PNG, JPEG, GIF, WebP or BMP)")]
+    Undecodable { shown: String, why: String },
+    /// A server takes only some formats and this image could not be converted to PNG for it.
+    #[error("image `{shown}` ({mime}) cannot be re-encoded as PNG for this server: {source}")]
+    Reencode {
+        shown: String,
+        mime: &'static str,
+        #[source]
+        source: Arc<image::ImageError>,
+    },
+}
+
 /// An image a case shows the model.
 #[derive(Debug)]
 pub struct Image {
@@ -14,13 +38,13 @@ pub struct Image {
     pub mime: &'static str,
     pub width: u32,
     pub height: u32,
-    bytes: OnceLock<Result<Arc<Vec<u8>>, String>>,
-    data_url: OnceLock<Result<Arc<str>, String>>,
+    bytes: OnceLock<Result<Arc<Vec<u8>>, ImageError>>,
+    data_url: OnceLock<Result<Arc<str>, ImageError>>,
 }
 
 impl Image {
     /// The image as a `data:` URL (base64), encoded once.
-    pub fn data_url(&self) -> Result<Arc<str>, String> {
+    pub fn data_url(&self) -> Result<Arc<str>, ImageError> {
         self.data_url
             .get_or_init(|| {
                 use base64::Engine;
@@ -34,9 +58,10 @@ impl Image {
     /// An image received as bytes rather than read from a suite's folder (`vlmtest serve`
     /// decodes the `data:` URLs of requests into it); `shown` names it in messages. Refused
     /// unless its header decodes as PNG, JPEG, GIF, WebP or BMP with a non-zero size.
-    pub fn from_bytes(bytes: Vec<u8>, shown: String) -> Result<Image, String> {
-        let undecodable = |why: String| {
-            format!("{shown} cannot be decoded: {why} (expected PNG, JPEG, GIF, WebP or BMP)")
+    pub fn from_bytes(bytes: Vec<u8>, shown: String) -> Result<Image, ImageError> {
+        let undecodable = |why: String| ImageError::Undecodable {
+            shown: shown.clone(),
+            why,
         };
         let reader = image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
             .with_guessed_format()
@@ -63,12 +88,15 @@ impl Image {
     }
 
     /// The file's bytes, read once.
-    pub fn bytes(&self) -> Result<Arc<Vec<u8>>, String> {
+    pub fn bytes(&self) -> Result<Arc<Vec<u8>>, ImageError> {
         self.bytes
             .get_or_init(|| {
                 std::fs::read(&self.path)
                     .map(Arc::new)
-                    .map_err(|e| format!("cannot read image {}: {e}", self.path.display()))
+                    .map_err(|e| ImageError::Read {
+                        path: self.path.clone(),
+                        source: Arc::new(e),
+                    })
             })
             .clone()
     }

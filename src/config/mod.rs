@@ -16,6 +16,7 @@ pub use models::{
 pub use suite::{Case, Gate, Suite, Thresholds, Turn};
 
 use crate::error::{ConfigError, ConfigErrors};
+use crate::kinds::EnvError;
 
 pub use crate::kinds::UpdateMode;
 
@@ -42,13 +43,14 @@ pub enum Fetch {
 
 impl Fetch {
     /// Reads the variable's value (`None` or empty: the default, `auto`).
-    pub fn parse(value: Option<&str>) -> Result<Fetch, String> {
+    pub fn parse(value: Option<&str>) -> Result<Fetch, EnvError> {
         match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
             None | Some("") | Some("auto") => Ok(Fetch::Auto),
             Some("never") => Ok(Fetch::Never),
-            Some(_) => Err(format!(
-                "VLMTEST_FETCH=`{}` is not understood (expected one of: auto, never)",
-                value.unwrap_or_default().trim()
+            Some(_) => Err(EnvError::new(
+                "VLMTEST_FETCH",
+                value.unwrap_or_default(),
+                &["auto", "never"],
             )),
         }
     }
@@ -122,30 +124,30 @@ impl Env {
             Some("unseen") => UpdateMode::Unseen,
             Some("no") | Some("0") => UpdateMode::No,
             Some(other) => {
-                return Err(ConfigError::env(format!(
-                    "INSTA_UPDATE=`{other}` is not understood (expected one of: auto, always, new, unseen, no)"
-                )));
+                return Err(EnvError::new(
+                    "INSTA_UPDATE",
+                    other,
+                    &["auto", "always", "new", "unseen", "no"],
+                )
+                .into());
             }
         };
         let malloc = match get("VLMTEST_MALLOC").filter(|v| !v.trim().is_empty()) {
             None => None,
-            Some(v) => Some(
-                crate::machine::Allocator::from_env(Some(&v), crate::machine::Allocator::Default)
-                    .map_err(ConfigError::env)?,
-            ),
+            Some(v) => Some(crate::machine::Allocator::from_env(
+                Some(&v),
+                crate::machine::Allocator::Default,
+            )?),
         };
         let gates = match get("VLMTEST_GATES").as_deref().map(str::trim) {
             None | Some("") | Some("eval") => GateMode::Eval,
             Some("defer") => GateMode::Defer,
             Some(other) => {
-                return Err(ConfigError::env(format!(
-                    "VLMTEST_GATES=`{other}` is not understood (expected one of: eval, defer)"
-                )));
+                return Err(EnvError::new("VLMTEST_GATES", other, &["eval", "defer"]).into());
             }
         };
-        let cache = crate::kinds::CacheMode::parse(&get("VLMTEST_CACHE").unwrap_or_default())
-            .map_err(ConfigError::env)?;
-        let fetch = Fetch::parse(get("VLMTEST_FETCH").as_deref()).map_err(ConfigError::env)?;
+        let cache = crate::kinds::CacheMode::parse(&get("VLMTEST_CACHE").unwrap_or_default())?;
+        let fetch = Fetch::parse(get("VLMTEST_FETCH").as_deref())?;
         let served = served::parse(&get("VLMTEST_SERVED").unwrap_or_default())?;
         Ok(Env {
             cache,

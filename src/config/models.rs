@@ -749,7 +749,9 @@ fn candle_spec(
             Some(s) => match kinds::parse::<T>(s.get_ref()) {
                 Ok(t) => Some(t),
                 Err(msg) => {
-                    let msg = msg.replacen("unknown variant", &format!("unknown {key}"), 1);
+                    let msg =
+                        msg.to_string()
+                            .replacen("unknown variant", &format!("unknown {key}"), 1);
                     errors.push(ConfigError::new(path, line(&s.span()), msg));
                     None
                 }
@@ -776,7 +778,8 @@ fn candle_spec(
             Err(msg) => {
                 errors.push(err(
                     line(&s.span()),
-                    msg.replacen("unknown variant", "unknown arch", 1),
+                    msg.to_string()
+                        .replacen("unknown variant", "unknown arch", 1),
                 ));
                 None
             }

@@ -49,6 +49,20 @@ pub enum OutputError {
     },
     #[error("no results under {0} (run `cargo test --test vlm` first)")]
     NoResults(PathBuf),
+    /// The output folder or its record files cannot be created.
+    #[error("cannot write results under {} (VLMTEST_OUT): {source}", .out.display())]
+    Open {
+        out: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record could not be appended (the first such failure of the run).
+    #[error("cannot append to {name}: {source}")]
+    Append {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the plan said, written once per run as run.json: enough to render the reports from the
@@ -486,7 +500,8 @@ struct Inner {
     suites: Vec<SuiteResult>,
     stats: Vec<ModelStats>,
     last_write: Option<Instant>,
-    error: Option<String>,
+    /// The first failure to write an output: [`Recorder::finish`] returns it.
+    error: Option<OutputError>,
 }
 
 /// Collects records as they come and keeps the files under `VLMTEST_OUT` up to date.
@@ -561,11 +576,11 @@ impl Recorder {
                 inner.models_file = Some(models);
                 inner.comparisons_file = Some(comparisons);
             }
-            Err(e) => {
-                inner.error = Some(format!(
-                    "cannot write results under {} (VLMTEST_OUT): {e}",
-                    self.out.display()
-                ))
+            Err(source) => {
+                inner.error = Some(OutputError::Open {
+                    out: self.out.clone(),
+                    source,
+                })
             }
         }
     }
@@ -724,13 +739,13 @@ impl Recorder {
         // The next rewrite is due REWRITE_EVERY after this one ends, however long it took.
         inner.last_write = Some(Instant::now());
         if let Err(e) = result {
-            inner.error = Some(e.to_string());
+            inner.error.get_or_insert(e);
         }
     }
 
     /// Writes every output, `complete` or not (an interrupted run). Returns the first error
     /// of the run.
-    pub fn finish(&self, complete: bool) -> Result<(), String> {
+    pub fn finish(&self, complete: bool) -> Result<(), OutputError> {
         if !self.lock().opened {
             return Ok(()); // nothing ran
         }
@@ -745,15 +760,13 @@ impl Recorder {
             .into_iter()
             .map(|(name, text)| write_atomic(&self.out.join(name), &text))
             .collect();
-        let inner = self.lock();
-        if let Some(e) = &inner.error {
-            return Err(e.clone());
+        if let Some(e) = self.lock().error.take() {
+            return Err(e);
         }
         writes
             .into_iter()
             .collect::<Result<Vec<()>, OutputError>>()
             .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 
     pub fn out(&self) -> &Path {
@@ -783,14 +796,16 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), OutputError> {
 fn append<T: Serialize>(
     inner: &mut Inner,
     file: fn(&mut Inner) -> &mut Option<File>,
-    name: &str,
+    name: &'static str,
     value: &T,
 ) {
     let line = format!("{}\n", serde_json::to_string(value).unwrap_or_default());
     if let Some(f) = file(inner).as_mut()
-        && let Err(e) = f.write_all(line.as_bytes())
+        && let Err(source) = f.write_all(line.as_bytes())
     {
-        inner.error = Some(format!("cannot append to {name}: {e}"));
+        inner
+            .error
+            .get_or_insert(OutputError::Append { name, source });
     }
 }
 

@@ -58,6 +58,9 @@ pub enum Error {
     /// A request this model cannot answer as asked (an image it needs, a placeholder count).
     #[error("{0}")]
     Request(String),
+    /// An image of the request cannot be read.
+    #[error(transparent)]
+    ImageFile(#[from] crate::config::image::ImageError),
     /// An image of the request cannot be decoded.
     #[error("cannot decode {shown}: {source}")]
     Image {

@@ -37,6 +37,27 @@ pub enum Missing {
     Broken(String),
 }
 
+impl Missing {
+    /// The load error of model `name` whose files (`what`: "" for the model's own, "the
+    /// tokenizer " for a tokenizer of its own) are missing.
+    pub fn into_load_error(self, name: &str, what: &str) -> LoadError {
+        match self {
+            Missing::NotCached(why) => LoadError::NotCached {
+                why: format!("{what}{why}"),
+                fix: fetch_it(name),
+            },
+            Missing::Broken(why) => LoadError::Broken(why),
+        }
+    }
+}
+
+/// How to get a model's files before the run.
+fn fetch_it(name: &str) -> String {
+    format!(
+        "fetch it with `vlmtest fetch {name}` (or set VLMTEST_REQUIRE_MODELS=1 to make this a failure)"
+    )
+}
+
 /// Files a model folder needs before it is worth loading.
 const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
 
@@ -262,25 +283,32 @@ fn ensure(
     let cached = |r: &str, v: &str| check(&cache_dir(), r, v);
     let why = match cached(repo, revision) {
         Ok(_) => return Ok(()),
-        Err(Missing::Broken(why)) => return Err(LoadError::Failed(why)),
+        Err(Missing::Broken(why)) => return Err(LoadError::Broken(why)),
         Err(Missing::NotCached(why)) => why,
     };
-    let fetch_it = format!(
-        "fetch it with `vlmtest fetch {name}` (or set VLMTEST_REQUIRE_MODELS=1 to make this a failure)"
-    );
+    let fetch_it = fetch_it(name);
     if offline() {
-        return Err(LoadError::Unavailable(format!(
-            "{why}; HF_HUB_OFFLINE=1 forbids downloading it on first use: unset it, or {fetch_it}"
-        )));
+        return Err(LoadError::NotCached {
+            why,
+            fix: format!(
+                "HF_HUB_OFFLINE=1 forbids downloading it on first use: unset it, or {fetch_it}"
+            ),
+        });
     }
     if policy == Fetch::Never {
-        return Err(LoadError::Unavailable(format!(
-            "{why}; VLMTEST_FETCH=never forbids downloading it on first use: {fetch_it}"
-        )));
+        return Err(LoadError::NotCached {
+            why,
+            fix: format!("VLMTEST_FETCH=never forbids downloading it on first use: {fetch_it}"),
+        });
     }
     let cache = cache_dir();
-    let _one = one_download_at_a_time(&cache, repo)
-        .map_err(|e| LoadError::Unavailable(format!("{why}; {e}; {fetch_it}")))?;
+    let failed = |why: &str, started: bool, e: FetchError| LoadError::Download {
+        why: why.to_string(),
+        fix: fetch_it.clone(),
+        started,
+        source: std::sync::Arc::new(e),
+    };
+    let _one = one_download_at_a_time(&cache, repo).map_err(|e| failed(&why, false, e))?;
     // Whoever held the lock before may have brought the files.
     if cached(repo, revision).is_ok() {
         return Ok(());
@@ -290,9 +318,7 @@ fn ensure(
     ));
     match download(&cache, repo, revision, check) {
         Ok(_) => Ok(()),
-        Err(e) => Err(LoadError::Unavailable(format!(
-            "{why}, and downloading it failed: {e}; {fetch_it}"
-        ))),
+        Err(e) => Err(failed(&why, true, e)),
     }
 }
 

@@ -22,7 +22,7 @@ pub mod smolvlm;
 pub mod template;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
@@ -230,7 +230,7 @@ pub fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer> {
 
 /// Decodes an image file into RGB, as `do_convert_rgb` does.
 pub fn decode_image(image: &crate::config::image::Image) -> Result<image::RgbImage> {
-    let bytes = image.bytes().map_err(Error::Request)?;
+    let bytes = image.bytes()?;
     image::load_from_memory(&bytes)
         .map(|i| i.to_rgb8())
         .map_err(|source| Error::Image {
@@ -380,56 +380,52 @@ impl Candle {
     pub fn load(name: &str, spec: &CandleSpec) -> Result<Self, LoadError> {
         let dtype = precision(spec.dtype);
         if let (Arch::Paligemma, Some(q)) = (spec.arch, dtype.quant) {
-            return Err(LoadError::Failed(format!(
-                "model `{name}`: {}",
-                quant::unsupported(
+            return Err(LoadError::Invalid {
+                model: name.to_string(),
+                what: quant::unsupported(
                     "arch paligemma (its Gemma decoder is candle-transformers')",
-                    q
-                )
-            )));
+                    q,
+                ),
+            });
         }
         let dir = match &spec.source {
             ModelSource::Path(p) => {
                 if !p.is_dir() {
-                    return Err(LoadError::Failed(format!(
-                        "model `{name}`: path {} is not a folder (expected a folder laid out like the Hugging Face repo)",
-                        p.display()
-                    )));
+                    return Err(LoadError::Invalid {
+                        model: name.to_string(),
+                        what: format!(
+                            "path {} is not a folder (expected a folder laid out like the Hugging Face repo)",
+                            p.display()
+                        ),
+                    });
                 }
                 p.clone()
             }
             ModelSource::Hub { repo, revision } => {
-                hub::cached_snapshot(repo, revision).map_err(|e| match e {
-                    hub::Missing::NotCached(why) => LoadError::Unavailable(format!(
-                        "{why}; fetch it with `vlmtest fetch {name}` (or set VLMTEST_REQUIRE_MODELS=1 to make this a failure)"
-                    )),
-                    hub::Missing::Broken(why) => LoadError::Failed(why),
-                })?
+                hub::cached_snapshot(repo, revision).map_err(|e| e.into_load_error(name, ""))?
             }
         };
-        let device = device(spec.device).map_err(|e| LoadError::Failed(e.to_string()))?;
+        let device = device(spec.device).map_err(|e| LoadError::Device(Arc::new(e)))?;
+        let checkpoint = |source: Error| LoadError::Checkpoint {
+            model: name.to_string(),
+            source: Arc::new(source),
+        };
         let model: Box<dyn Vlm> = match spec.arch {
-            Arch::Smolvlm => Box::new(
-                smolvlm::SmolVlm::load(&dir, dtype, &device)
-                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
-            ),
-            Arch::LlavaNext => Box::new(
-                llava_next::LlavaNext::load(&dir, dtype, &device)
-                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
-            ),
+            Arch::Smolvlm => {
+                Box::new(smolvlm::SmolVlm::load(&dir, dtype, &device).map_err(checkpoint)?)
+            }
+            Arch::LlavaNext => {
+                Box::new(llava_next::LlavaNext::load(&dir, dtype, &device).map_err(checkpoint)?)
+            }
             Arch::Moondream2 => {
                 let tokenizer = tokenizer_file(name, spec)?;
                 moondream2025::load(&dir, tokenizer.as_deref(), dtype, &device)
-                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?
+                    .map_err(checkpoint)?
             }
             Arch::Paligemma => Box::new(
-                paligemma::PaliGemma::load(&dir, dtype.dtype, &device)
-                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
+                paligemma::PaliGemma::load(&dir, dtype.dtype, &device).map_err(checkpoint)?,
             ),
-            Arch::Phi3V => Box::new(
-                phi3_v::Phi3V::load(&dir, dtype, &device)
-                    .map_err(|e| LoadError::Failed(format!("model `{name}`: {e}")))?,
-            ),
+            Arch::Phi3V => Box::new(phi3_v::Phi3V::load(&dir, dtype, &device).map_err(checkpoint)?),
         };
         Ok(Self {
             model: Mutex::new(model),
@@ -442,23 +438,25 @@ fn tokenizer_file(name: &str, spec: &CandleSpec) -> Result<Option<PathBuf>, Load
     match &spec.tokenizer {
         None => Ok(None),
         Some(TokenizerSource::Path(p)) => {
-            let file = if p.is_dir() { p.join("tokenizer.json") } else { p.clone() };
+            let file = if p.is_dir() {
+                p.join("tokenizer.json")
+            } else {
+                p.clone()
+            };
             if !file.is_file() {
-                return Err(LoadError::Failed(format!(
-                    "model `{name}`: tokenizer {} is not there (expected a tokenizer.json or a folder holding one)",
-                    file.display()
-                )));
+                return Err(LoadError::Invalid {
+                    model: name.to_string(),
+                    what: format!(
+                        "tokenizer {} is not there (expected a tokenizer.json or a folder holding one)",
+                        file.display()
+                    ),
+                });
             }
             Ok(Some(file))
         }
         Some(TokenizerSource::Hub { repo, revision }) => hub::cached_tokenizer(repo, revision)
             .map(Some)
-            .map_err(|e| match e {
-                hub::Missing::NotCached(why) => LoadError::Unavailable(format!(
-                    "the tokenizer {why}; fetch it with `vlmtest fetch {name}` (or set VLMTEST_REQUIRE_MODELS=1 to make this a failure)"
-                )),
-                hub::Missing::Broken(why) => LoadError::Failed(why),
-            }),
+            .map_err(|e| e.into_load_error(name, "the tokenizer ")),
     }
 }
 
