@@ -218,14 +218,22 @@ mod tests {
     }
 
     #[test]
+    fn env_errors_list_the_choices() {
+        assert_eq!(
+            CacheMode::parse(" sometimes ").unwrap_err().to_string(),
+            "VLMTEST_CACHE=`sometimes` is not understood (expected one of: off, read, write, readwrite, strict)"
+        );
+    }
+
+    #[test]
     fn errors_list_the_choices() {
-        let e = parse::<Arch>("smolvml").unwrap_err();
+        let e = parse::<Arch>("smolvml").unwrap_err().to_string();
         assert_eq!(
             e,
             "unknown variant `smolvml`, expected one of `smolvlm`, `moondream2`, `llava-next`, `paligemma`, `phi3-v`"
         );
         assert_eq!(
-            parse::<DType>("q4").unwrap_err(),
+            parse::<DType>("q4").unwrap_err().to_string(),
             "unknown variant `q4`, expected one of `f32`, `f16`, `bf16`, `q8_0`, `q4k`"
         );
     }

@@ -325,4 +325,55 @@ mod tests {
         };
         assert_eq!(t.to_string(), "request to http://h timed out after 1.5 s");
     }
+
+    /// Load errors read as the sentences they were when they were strings, and only the
+    /// "not here" kinds make a model unavailable (ignored trials) rather than failed.
+    #[test]
+    fn load_errors_keep_their_text_and_kind() {
+        let not_cached = LoadError::NotCached {
+            why: "org/m@main is not in the Hugging Face cache".into(),
+            fix: "fetch it with `vlmtest fetch m`".into(),
+        };
+        assert_eq!(
+            not_cached.to_string(),
+            "org/m@main is not in the Hugging Face cache; fetch it with `vlmtest fetch m`"
+        );
+        assert!(not_cached.unavailable());
+        let missing = LoadError::ServerMissing {
+            binary: "llama-server".into(),
+        };
+        assert!(missing.unavailable());
+        assert_eq!(
+            missing.to_string(),
+            "llama-server binary `llama-server` not found (install llama.cpp, see the README, or set `binary` in models.toml)"
+        );
+        let not_ready = LoadError::ServerNotReady {
+            model: "m".into(),
+            why: "exited (exit status: 1) before it was ready".into(),
+            command: "llama-server -m x.gguf".into(),
+            log: "out/logs/m.log".into(),
+            log_tail: "error: bad file".into(),
+        };
+        assert!(!not_ready.unavailable());
+        assert_eq!(
+            not_ready.to_string(),
+            "llama-server for `m` exited (exit status: 1) before it was ready\ncommand: llama-server -m x.gguf\nlast lines of out/logs/m.log:\nerror: bad file"
+        );
+        let io = LoadError::Io {
+            action: "create",
+            path: "out/logs".into(),
+            source: Arc::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+        };
+        assert!(!io.unavailable());
+        assert!(io.to_string().starts_with("cannot create out/logs: "));
+        use std::error::Error as _;
+        assert!(io.source().is_some(), "the io error is kept as the source");
+        let restart = BackendError::Restart(Box::new(not_ready));
+        assert_eq!(restart.http_status(), 503);
+        assert!(
+            restart
+                .to_string()
+                .starts_with("llama-server for `m` exited")
+        );
+    }
 }

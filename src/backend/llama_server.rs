@@ -520,6 +520,14 @@ impl Drop for LlamaServer {
     }
 }
 
+fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> LoadError {
+    LoadError::Io {
+        action,
+        path: path.to_path_buf(),
+        source: Arc::new(source),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,13 +538,5 @@ mod tests {
             "Name:\tllama-server\nVmPeak:\t  912340 kB\nVmHWM:\t   45280 kB\nVmRSS:\t   32768 kB\n";
         assert_eq!(vm_hwm(status), Some(45280 * 1024));
         assert_eq!(vm_hwm("Name:\tx\nVmRSS:\t 1 kB\n"), None);
-    }
-}
-
-fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> LoadError {
-    LoadError::Io {
-        action,
-        path: path.to_path_buf(),
-        source: Arc::new(source),
     }
 }
