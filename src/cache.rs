@@ -23,11 +23,11 @@ use sha2::{Digest, Sha256};
 use crate::backend::{Generation, Request};
 use crate::fingerprint::{Fingerprint, hex};
 
-pub use crate::kinds::CacheMode;
+pub(crate) use crate::kinds::CacheMode;
 
 /// The parts of a key, each hashed, so that a miss can say which part changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyParts {
+pub(crate) struct KeyParts {
     /// The model's fingerprint digest.
     pub model: String,
     /// Every message's role and text, and the system prompt.
@@ -39,7 +39,7 @@ pub struct KeyParts {
 }
 
 impl KeyParts {
-    pub fn of(
+    pub(crate) fn of(
         fingerprint: &Fingerprint,
         request: &Request,
     ) -> Result<KeyParts, crate::config::image::ImageError> {
@@ -75,7 +75,7 @@ impl KeyParts {
     }
 
     /// The entry key: all parts together.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         let s = format!(
             "{}|{}|{}|{}",
             self.model, self.prompt, self.images, self.parameters
@@ -84,7 +84,7 @@ impl KeyParts {
     }
 
     /// The parts that differ from `other`'s, by name.
-    pub fn differing(&self, other: &KeyParts) -> Vec<&'static str> {
+    pub(crate) fn differing(&self, other: &KeyParts) -> Vec<&'static str> {
         let mut d = Vec::new();
         if self.model != other.model {
             d.push("model");
@@ -104,7 +104,7 @@ impl KeyParts {
 
 /// A recorded answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     pub text: String,
     pub latency_ms: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,7 +117,7 @@ pub struct Recorded {
 
 /// One line of a recording.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The trial and turn the answer was recorded for (`model::suite::case#turn`), for reading
     /// the file and for explaining misses; not part of the key.
     pub case: String,
@@ -134,7 +134,7 @@ pub struct Entry {
 /// rewrite).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {action} {}: {source}", .path.display())]
-pub struct RecordingError {
+pub(crate) struct RecordingError {
     pub action: &'static str,
     pub path: PathBuf,
     pub source: std::io::Error,
@@ -153,30 +153,26 @@ impl RecordingError {
 }
 
 /// The recording of one model.
-pub struct Recording {
+pub(crate) struct Recording {
     path: PathBuf,
     entries: Mutex<Option<Vec<Entry>>>,
     wrote: std::sync::atomic::AtomicBool,
 }
 
 /// What a lookup found.
-pub enum Lookup {
+pub(crate) enum Lookup {
     Hit(Generation),
     /// No entry with this key; why, in words (which part of the key changed).
     Miss(String),
 }
 
 impl Recording {
-    pub fn new(dir: &Path, model: &str) -> Recording {
+    pub(crate) fn new(dir: &Path, model: &str) -> Recording {
         Recording {
             path: dir.join(format!("{model}.jsonl")),
             entries: Mutex::new(None),
             wrote: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn with_entries<T>(&self, f: impl FnOnce(&mut Vec<Entry>) -> T) -> T {
@@ -186,7 +182,7 @@ impl Recording {
     }
 
     /// The recorded answer for this request, or why there is none.
-    pub fn lookup(&self, case: &str, parts: &KeyParts, now: &Fingerprint) -> Lookup {
+    pub(crate) fn lookup(&self, case: &str, parts: &KeyParts, now: &Fingerprint) -> Lookup {
         let key = parts.key();
         self.with_entries(|entries| {
             if let Some(e) = entries.iter().rev().find(|e| e.key == key) {
@@ -240,7 +236,7 @@ impl Recording {
     }
 
     /// Appends a live answer: one line, one `write` call, under an exclusive lock.
-    pub fn record(&self, entry: Entry) -> Result<(), RecordingError> {
+    pub(crate) fn record(&self, entry: Entry) -> Result<(), RecordingError> {
         let line = format!("{}\n", serde_json::to_string(&entry).unwrap_or_default());
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(RecordingError::io("create", dir))?;
@@ -261,7 +257,7 @@ impl Recording {
 
     /// Rewrites the file sorted by case and without duplicate keys (the last entry of a key
     /// wins), so that recordings diff well. Only when this process recorded something.
-    pub fn compact(&self) -> Result<(), RecordingError> {
+    pub(crate) fn compact(&self) -> Result<(), RecordingError> {
         if !self.wrote.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
@@ -308,7 +304,7 @@ fn read_entries(path: &Path) -> Vec<Entry> {
 }
 
 /// An entry for a live answer.
-pub fn entry(
+pub(crate) fn entry(
     case: &str,
     parts: KeyParts,
     fingerprint: &Fingerprint,

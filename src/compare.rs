@@ -43,7 +43,7 @@ pub struct Baseline {
 
 /// A case whose pass/fail differs between the sides.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Flip {
+pub(crate) struct Flip {
     pub case: String,
     pub base_passed: bool,
     pub new_passed: bool,
@@ -53,7 +53,7 @@ pub struct Flip {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Regressed,
     Improved,
     Unchanged,
@@ -61,7 +61,7 @@ pub enum Verdict {
 
 /// One model × suite compared.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Comparison {
+pub(crate) struct Comparison {
     pub model: String,
     pub suite: String,
     /// Paired cases.
@@ -96,7 +96,7 @@ pub struct Comparison {
 }
 
 /// P(X ≤ k) for X ~ Binomial(n, ½), summed in log space (n can be in the thousands).
-pub fn binomial_half_cdf(k: usize, n: usize) -> f64 {
+pub(crate) fn binomial_half_cdf(k: usize, n: usize) -> f64 {
     if k >= n {
         return 1.0;
     }
@@ -120,7 +120,7 @@ pub fn binomial_half_cdf(k: usize, n: usize) -> f64 {
 }
 
 /// McNemar's exact two-sided p-value for `b` and `c` discordant pairs.
-pub fn mcnemar_p(b: usize, c: usize) -> f64 {
+pub(crate) fn mcnemar_p(b: usize, c: usize) -> f64 {
     let n = b + c;
     if n == 0 {
         return 1.0;
@@ -129,7 +129,7 @@ pub fn mcnemar_p(b: usize, c: usize) -> f64 {
 }
 
 /// Compares `base` and `new` (the cases of one model × suite on each side).
-pub fn compare(
+pub(crate) fn compare(
     model: &str,
     suite: &str,
     base: &[&CaseOutcome],
@@ -228,7 +228,7 @@ pub fn compare(
 
 impl Comparison {
     /// The comparison in words: the verdict, the figures and every flipped case.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
         let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
@@ -296,7 +296,7 @@ impl Comparison {
 
 /// A model × suite of this run against the model's baseline, with the suite's `gate.alpha`
 /// (default 0.05) and `gate.max_drop`; `None` when the baseline has no case of the suite.
-pub fn against(
+pub(crate) fn against(
     baseline: &Baseline,
     suite: &str,
     alpha: Option<f64>,
@@ -322,10 +322,10 @@ pub fn against(
 }
 
 /// The significance level when none is given.
-pub const DEFAULT_ALPHA: f64 = 0.05;
+pub(crate) const DEFAULT_ALPHA: f64 = 0.05;
 
 /// "the baseline was taken with another model: ..." when the fingerprints differ.
-pub fn fingerprint_note(base: Option<&Fingerprint>, now: Option<&Fingerprint>) -> Option<String> {
+pub(crate) fn fingerprint_note(base: Option<&Fingerprint>, now: Option<&Fingerprint>) -> Option<String> {
     match (base, now) {
         (Some(b), Some(n)) if b != n => Some(format!(
             "the baseline was taken with another model fingerprint ({}); compared anyway",
@@ -336,7 +336,7 @@ pub fn fingerprint_note(base: Option<&Fingerprint>, now: Option<&Fingerprint>) -
 }
 
 /// The cases of one model from a run's report, as comparisons take them.
-pub fn outcomes_of<'a>(
+pub(crate) fn outcomes_of<'a>(
     cases: impl IntoIterator<Item = &'a crate::verdict::CaseResult>,
     model: &str,
 ) -> Vec<CaseOutcome> {

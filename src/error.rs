@@ -90,7 +90,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// Reads a configuration file as UTF-8 text, refusing empty and binary files with a clear message.
-pub fn read_text(path: &Path, expected: &str) -> Result<String, ConfigError> {
+pub(crate) fn read_text(path: &Path, expected: &str) -> Result<String, ConfigError> {
     let bytes = std::fs::read(path)
         .map_err(|e| ConfigError::new(path, None, format!("cannot read file: {e}")))?;
     if bytes.contains(&0) {
@@ -122,7 +122,7 @@ pub fn read_text(path: &Path, expected: &str) -> Result<String, ConfigError> {
 }
 
 /// 1-based line of a byte offset in `text`.
-pub fn line_of_offset(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of_offset(text: &str, offset: usize) -> usize {
     1 + text.as_bytes()[..offset.min(text.len())]
         .iter()
         .filter(|b| **b == b'\n')

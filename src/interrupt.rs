@@ -10,11 +10,11 @@ static HOOKS: Mutex<Vec<(u8, Hook)>> = Mutex::new(Vec::new());
 static INSTALL: Once = Once::new();
 
 /// Hooks run by priority (lower first): servers are stopped before the report is written.
-pub const STOP_SERVERS: u8 = 0;
-pub const WRITE_REPORT: u8 = 1;
+pub(crate) const STOP_SERVERS: u8 = 0;
+pub(crate) const WRITE_REPORT: u8 = 1;
 
 /// Registers `hook` and makes sure the handler is installed.
-pub fn on_interrupt(priority: u8, hook: impl Fn() + Send + 'static) {
+pub(crate) fn on_interrupt(priority: u8, hook: impl Fn() + Send + 'static) {
     install();
     let mut hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner());
     hooks.push((priority, Box::new(hook)));

@@ -3,23 +3,25 @@
 //! Data flows one way: [`config`] → [`plan`] → [`run`] (through a [`backend`]) → [`verdict`]s →
 //! [`report`]. The [`harness`] maps the plan to libtest trials; [`cli`] is the `vlmtest` command.
 
+#![warn(unreachable_pub)]
+
 pub mod backend;
-pub mod cache;
+pub(crate) mod cache;
 pub mod cli;
-pub mod compare;
+pub(crate) mod compare;
 pub mod config;
-pub mod error;
-pub mod fingerprint;
+pub(crate) mod error;
+pub(crate) mod fingerprint;
 pub mod harness;
-pub mod interrupt;
+pub(crate) mod interrupt;
 pub mod kinds;
 pub mod machine;
-pub mod plan;
-pub mod progress;
-pub mod report;
+pub(crate) mod plan;
+pub(crate) mod progress;
+pub(crate) mod report;
 pub mod resample;
-pub mod run;
+pub(crate) mod run;
 pub mod score;
-pub mod serve;
+pub(crate) mod serve;
 pub mod snapshot;
-pub mod verdict;
+pub(crate) mod verdict;

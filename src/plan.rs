@@ -54,13 +54,13 @@ pub struct Plan {
 }
 
 /// The name of a case trial.
-pub fn case_name(model: &str, suite: &str, case: &str) -> String {
+pub(crate) fn case_name(model: &str, suite: &str, case: &str) -> String {
     format!("{model}::{suite}::{case}")
 }
 
 /// Splits a trial name into (model, suite, case); the case is `gate` for a gate and
 /// `regression` for a regression trial.
-pub fn parse_name(name: &str) -> Option<(&str, &str, &str)> {
+pub(crate) fn parse_name(name: &str) -> Option<(&str, &str, &str)> {
     let mut parts = name.split("::");
     let (m, s, c) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || m.is_empty() || s.is_empty() || c.is_empty() {

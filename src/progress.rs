@@ -11,6 +11,9 @@
 //!
 //! A bar never clears a line it did not draw: every transfer starts on a line of its own.
 
+// Downloads happen in the candle backend only (weights fetched on first use).
+#![cfg_attr(not(feature = "candle"), allow(dead_code))]
+
 use std::collections::VecDeque;
 use std::fmt::Display;
 use std::io::{IsTerminal, Write};
@@ -18,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a plain-lines transfer reports while it runs.
-pub const LINE_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const LINE_EVERY: Duration = Duration::from_secs(10);
 /// How often a bar is redrawn.
 const REDRAW_EVERY: Duration = Duration::from_millis(100);
 /// The window the speed is averaged over.
@@ -29,7 +32,7 @@ static PLAIN: AtomicBool = AtomicBool::new(false);
 
 /// Plain lines even on a terminal (libtest's terse and JSON formats: their output must not be
 /// redrawn over).
-pub fn set_plain(plain: bool) {
+pub(crate) fn set_plain(plain: bool) {
     PLAIN.store(plain, Ordering::Relaxed);
 }
 
@@ -42,18 +45,18 @@ fn bars() -> bool {
 }
 
 /// One line on stderr: `vlmtest: {msg}`.
-pub fn note(msg: impl Display) {
+pub(crate) fn note(msg: impl Display) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "vlmtest: {msg}");
 }
 
 /// What "loading MODEL (…)…" says about the way it is loaded, e.g. `in-process, f32, cpu`.
-pub fn loading(model: &str, how: &str) {
+pub(crate) fn loading(model: &str, how: &str) {
     note(format_args!("loading {model} ({how})…"));
 }
 
 /// The end of a load: `loaded MODEL in 3.2 s`, or why it did not load.
-pub fn loaded(model: &str, took: Duration, error: Option<&str>) {
+pub(crate) fn loaded(model: &str, took: Duration, error: Option<&str>) {
     match error {
         None => note(format_args!("loaded {model} in {}", seconds(took))),
         Some(why) => note(format_args!(
@@ -66,7 +69,7 @@ pub fn loaded(model: &str, took: Duration, error: Option<&str>) {
 
 /// `n` bytes for people, in decimal units as the Hugging Face Hub shows sizes: `812 B`,
 /// `1.2 kB`, `460 MB`, `1.02 GB`.
-pub fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
     if n < 1000 {
         return format!("{n} B");
@@ -90,7 +93,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// A duration for people: `0.04 s`, `3.2 s`, `14 s`, `3 min 20 s`, `1 h 05 min`.
-pub fn seconds(d: Duration) -> String {
+pub(crate) fn seconds(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s < 1.0 {
         return format!("{s:.2} s");
@@ -108,7 +111,7 @@ pub fn seconds(d: Duration) -> String {
 
 /// The state of a transfer at one moment, rendered either way.
 #[derive(Debug, Clone, Copy)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub done: u64,
     /// 0 when unknown.
     pub total: u64,
@@ -124,7 +127,7 @@ impl Snapshot {
     }
 
     /// `45% (460 MB of 1.02 GB), 40.1 MB/s, about 14 s left`.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let mut s = match (self.done.min(self.total) * 100).checked_div(self.total) {
             Some(pct) => format!("{pct}% ({} of {})", bytes(self.done), bytes(self.total)),
             None => bytes(self.done),
@@ -139,7 +142,7 @@ impl Snapshot {
     }
 
     /// `[#########---------------]  460 MB / 1.02 GB  40.1 MB/s  ETA 14 s`.
-    pub fn bar(&self) -> String {
+    pub(crate) fn bar(&self) -> String {
         let filled = if self.total > 0 {
             ((self.done.min(self.total) as f64 / self.total as f64) * BAR_WIDTH as f64) as usize
         } else {
@@ -168,7 +171,7 @@ impl Snapshot {
 }
 
 /// One download's progress (see the module documentation for how it is shown).
-pub struct Transfer {
+pub(crate) struct Transfer {
     label: String,
     total: u64,
     done: u64,
@@ -181,7 +184,7 @@ pub struct Transfer {
 
 impl Transfer {
     /// Starts showing the download of `label` (a file name, say), `total` bytes (0: unknown).
-    pub fn new(label: impl Into<String>, total: u64) -> Transfer {
+    pub(crate) fn new(label: impl Into<String>, total: u64) -> Transfer {
         let now = Instant::now();
         let mut t = Transfer {
             label: label.into(),
@@ -200,12 +203,12 @@ impl Transfer {
     }
 
     /// Sets the size once it is known.
-    pub fn set_total(&mut self, total: u64) {
+    pub(crate) fn set_total(&mut self, total: u64) {
         self.total = total;
     }
 
     /// Sets the bytes done (a resumed download starts past 0).
-    pub fn set_done(&mut self, done: u64) {
+    pub(crate) fn set_done(&mut self, done: u64) {
         self.done = done;
         let now = Instant::now();
         self.samples.clear();
@@ -213,7 +216,7 @@ impl Transfer {
     }
 
     /// `n` more bytes arrived.
-    pub fn advance(&mut self, n: u64) {
+    pub(crate) fn advance(&mut self, n: u64) {
         self.done += n;
         let now = Instant::now();
         self.samples.push_back((now, self.done));
@@ -232,7 +235,7 @@ impl Transfer {
     }
 
     /// The bytes done so far.
-    pub fn done(&self) -> u64 {
+    pub(crate) fn done(&self) -> u64 {
         self.done
     }
 
@@ -275,7 +278,7 @@ impl Transfer {
     }
 
     /// The transfer ended: its last line, `label: 1.02 GB in 25 s (40.3 MB/s)`.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.end();
     }
 

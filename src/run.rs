@@ -18,7 +18,7 @@ use crate::snapshot::{Meta, SnapshotStatus, Snapshots};
 use crate::verdict::{CaseResult, GateThresholds, Outcome, SuiteResult, TurnResult};
 
 /// The outcome of a trial, for the harness to hand to libtest.
-pub enum TrialOutcome {
+pub(crate) enum TrialOutcome {
     Passed,
     /// Passed, with a line the trial's output should carry (a replayed answer).
     PassedWith(String),
@@ -26,7 +26,7 @@ pub enum TrialOutcome {
     Ignored(String),
 }
 
-pub struct Run {
+pub(crate) struct Run {
     pub plan: Plan,
     pub env: Env,
     pub slots: Vec<ModelSlot>,
@@ -129,7 +129,7 @@ fn model_stats(
 }
 
 impl Run {
-    pub fn new(plan: Plan, env: Env) -> Run {
+    pub(crate) fn new(plan: Plan, env: Env) -> Run {
         let resident = Arc::new(Semaphore::new(env.max_resident));
         let slots = (0..plan.models.len())
             .map(|i| {
@@ -164,7 +164,7 @@ impl Run {
     }
 
     /// Declares which trials will run, so that each model is dropped after its last one.
-    pub fn set_selected(&self, selected: &[TrialKind]) {
+    pub(crate) fn set_selected(&self, selected: &[TrialKind]) {
         let mut users = vec![0usize; self.slots.len()];
         for k in selected {
             let model = match *k {
@@ -179,7 +179,7 @@ impl Run {
     }
 
     /// The result of planned case `i`, computing it on first request.
-    pub fn case_result(&self, i: usize) -> Arc<CaseResult> {
+    pub(crate) fn case_result(&self, i: usize) -> Arc<CaseResult> {
         self.cells[i]
             .get_or_init(|| {
                 self.lock_in_flight().insert(i);
@@ -223,7 +223,7 @@ impl Run {
     }
 
     /// Runs trial `kind` to its outcome.
-    pub fn trial(&self, kind: TrialKind) -> TrialOutcome {
+    pub(crate) fn trial(&self, kind: TrialKind) -> TrialOutcome {
         let model = match kind {
             TrialKind::Case(i) => self.plan.cases[i].model,
             TrialKind::Gate(g) | TrialKind::Regression(g) => self.plan.gates[g].model,
@@ -804,7 +804,7 @@ impl Run {
     }
 
     /// Ends the run: drops every model, tidies the recordings and writes the reports.
-    pub fn finish(&self) -> Result<(), crate::report::OutputError> {
+    pub(crate) fn finish(&self) -> Result<(), crate::report::OutputError> {
         for r in self.recordings.iter().flatten() {
             if let Err(e) = r.compact() {
                 tracing::warn!("{e}");
@@ -819,7 +819,7 @@ impl Run {
 
     /// Ends an interrupted run: the cases being asked are recorded as interrupted, then every
     /// output is written for what finished (`complete: false`).
-    pub fn finish_interrupted(&self) -> Result<(), crate::report::OutputError> {
+    pub(crate) fn finish_interrupted(&self) -> Result<(), crate::report::OutputError> {
         let in_flight: Vec<usize> = self.lock_in_flight().iter().copied().collect();
         for i in in_flight {
             self.recorder.record_case(&self.interrupted_result(i));

@@ -47,7 +47,7 @@ use crate::config::{BackendSpec, Env, GenParams, ModelSource, ModelSpec};
 
 /// `vlmtest serve` arguments.
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The model to serve, by its name in models.toml (VLMTEST_MODELS). With --nextest: the
     /// models to serve (default: every enabled in-process model).
     #[arg(value_name = "MODEL")]
@@ -82,7 +82,7 @@ const IDLE: Duration = Duration::from_secs(120);
 
 /// An error answered to the client: its HTTP status and an OpenAI-style error object.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: u16,
     /// The request field at fault (`messages[1].content[0].image_url.url`), when there is one.
     pub param: Option<String>,
@@ -107,7 +107,7 @@ impl ApiError {
     }
 
     /// The body: `{"error": {"message", "type", "param", "code"}}`, as OpenAI answers.
-    pub fn body(&self) -> Value {
+    pub(crate) fn body(&self) -> Value {
         let kind = match self.status {
             400 | 405 | 411 | 413 => "invalid_request_error",
             404 => "not_found_error",
@@ -143,7 +143,7 @@ fn neutral_number(obj: &Map<String, Value>, key: &str, neutral: f64) -> Result<(
 
 /// Reads a chat/completions request for model `model` into the backend's request; parameters
 /// left out take `defaults` (the model's models.toml values).
-pub fn parse_chat(body: &[u8], model: &str, defaults: &GenParams) -> Result<Request, ApiError> {
+pub(crate) fn parse_chat(body: &[u8], model: &str, defaults: &GenParams) -> Result<Request, ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad(
             None,
@@ -406,7 +406,7 @@ fn parse_message(m: &Value, i: usize) -> Result<Message, ApiError> {
 }
 
 /// Decodes a `data:image/...;base64,...` URL into an image; `at` names the field in errors.
-pub fn decode_data_url(url: &str, at: &str) -> Result<Arc<Image>, ApiError> {
+pub(crate) fn decode_data_url(url: &str, at: &str) -> Result<Arc<Image>, ApiError> {
     use base64::Engine;
     let bad = |why: String| ApiError::bad(Some(at), why);
     if url.starts_with("http://") || url.starts_with("https://") {
@@ -445,7 +445,7 @@ pub fn decode_data_url(url: &str, at: &str) -> Result<Arc<Image>, ApiError> {
 }
 
 /// The chat/completions reply for a generation.
-pub fn completion_body(model: &str, id: u64, g: &Generation, max_tokens: u32) -> Value {
+pub(crate) fn completion_body(model: &str, id: u64, g: &Generation, max_tokens: u32) -> Value {
     let finish = match g.completion_tokens {
         Some(n) if n >= u64::from(max_tokens) => "length",
         _ => "stop",
@@ -940,7 +940,7 @@ fn model_names(models: &crate::config::ModelsConfig) -> String {
 }
 
 /// `vlmtest serve`.
-pub fn main(args: ServeArgs) -> ExitCode {
+pub(crate) fn main(args: ServeArgs) -> ExitCode {
     init_logging();
     if args.nextest {
         return nextest_setup(&args);

@@ -10,7 +10,7 @@ use crate::snapshot::SnapshotStatus;
 /// A case's outcome in one word, as report.json's `status` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     Passed,
     Failed,
     /// The model could not answer (request failed, model failed to load).
@@ -22,7 +22,7 @@ pub enum Status {
 
 /// How a case ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Passed,
     /// It was answered but did not pass: why, one line each (wrong answer, latency, snapshot).
     Failed(Vec<String>),
@@ -35,7 +35,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         match self {
             Outcome::Passed => Status::Passed,
             Outcome::Failed(_) => Status::Failed,
@@ -45,12 +45,12 @@ impl Outcome {
         }
     }
 
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         matches!(self, Outcome::Passed)
     }
 
     /// Why the case did not pass, one line each (empty when it passed or was ignored).
-    pub fn reasons(&self) -> Vec<&str> {
+    pub(crate) fn reasons(&self) -> Vec<&str> {
         match self {
             Outcome::Failed(r) => r.iter().map(String::as_str).collect(),
             Outcome::Error(e) => vec![e.as_str()],
@@ -62,7 +62,7 @@ impl Outcome {
 
 /// One turn of a case as it ran.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TurnResult {
+pub(crate) struct TurnResult {
     pub question: String,
     pub prompt: String,
     pub images: Vec<String>,
@@ -88,7 +88,7 @@ pub struct TurnResult {
 
 /// One attempt of a case asked several times (`repeat`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// The answer at the last turn.
     pub answer: String,
     pub score: f64,
@@ -107,7 +107,7 @@ pub struct Attempt {
 
 /// How often a case asked several times passed, with a 95% Wilson interval.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Repeats {
+pub(crate) struct Repeats {
     pub attempts: u32,
     pub passes: u32,
     pub pass_rate: f64,
@@ -124,7 +124,7 @@ pub struct Repeats {
 }
 
 /// The 95% Wilson score interval of `k` successes in `n` trials.
-pub fn wilson(k: u32, n: u32) -> (f64, f64) {
+pub(crate) fn wilson(k: u32, n: u32) -> (f64, f64) {
     if n == 0 {
         return (0.0, 1.0);
     }
@@ -139,7 +139,7 @@ pub fn wilson(k: u32, n: u32) -> (f64, f64) {
 
 /// The `q`-quantile (0..=1) of `values` by linear interpolation between closest ranks (numpy's
 /// default), 0 for none.
-pub fn quantile(values: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(values: &[f64], q: f64) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
@@ -153,7 +153,7 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 /// The verdict on one case for one model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(into = "CaseRecord", from = "CaseRecord")]
-pub struct CaseResult {
+pub(crate) struct CaseResult {
     pub name: String,
     pub model: String,
     pub suite: String,
@@ -348,20 +348,20 @@ impl From<CaseRecord> for CaseResult {
 
 impl CaseResult {
     /// Whether the case was asked to the end (passed, failed or errored): what summaries count.
-    pub fn ran(&self) -> bool {
+    pub(crate) fn ran(&self) -> bool {
         !matches!(self.outcome, Outcome::Ignored(_) | Outcome::Interrupted)
     }
 
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.outcome.passed()
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.outcome.status()
     }
 
     /// The failure message libtest prints: question, expected, answer, score and why.
-    pub fn failure_message(&self) -> String {
+    pub(crate) fn failure_message(&self) -> String {
         let pass_at = self.pass_at;
         let mut s = String::new();
         let multi = self.turns.len() > 1;
@@ -413,7 +413,7 @@ impl CaseResult {
 
 /// Accuracy figures over a set of cases (those that ran).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub cases: usize,
     pub ignored: usize,
     pub passed: usize,
@@ -430,7 +430,7 @@ pub struct Summary {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CategoryScore {
+pub(crate) struct CategoryScore {
     pub accuracy: f64,
     pub cases: usize,
 }
@@ -441,7 +441,7 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
 }
 
 impl Summary {
-    pub fn of<'a>(results: impl IntoIterator<Item = &'a CaseResult>) -> Summary {
+    pub(crate) fn of<'a>(results: impl IntoIterator<Item = &'a CaseResult>) -> Summary {
         let all: Vec<&CaseResult> = results.into_iter().collect();
         let ran: Vec<&CaseResult> = all.iter().copied().filter(|r| r.ran()).collect();
         let mut cats: BTreeMap<String, (f64, usize)> = BTreeMap::new();
@@ -487,7 +487,7 @@ impl Summary {
 
 /// The verdict on a model × suite gate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GateResult {
+pub(crate) struct GateResult {
     pub passed: bool,
     pub ignored: bool,
     /// Evaluated over this shard's cases only, the verdict left to `vlmtest merge`
@@ -502,7 +502,7 @@ pub struct GateResult {
 
 /// A model × suite: its summary and gate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SuiteResult {
+pub(crate) struct SuiteResult {
     pub model: String,
     pub suite: String,
     pub accuracy: Option<f64>,
@@ -515,7 +515,7 @@ pub struct SuiteResult {
 
 impl SuiteResult {
     /// The gate's message: accuracy overall and per category, and which cases failed.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         let s = &self.summary;
         let mut m = String::new();
         let verdict = if self.gate.passed { "passed" } else { "failed" };
@@ -562,14 +562,14 @@ impl SuiteResult {
 
 /// The thresholds a gate checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct GateThresholds {
+pub(crate) struct GateThresholds {
     pub min_accuracy: Option<f64>,
     pub min_pass_rate: Option<f64>,
 }
 
 /// The verdict on a model × suite from its cases: the accuracy and pass rate over the cases
 /// that ran, against the thresholds. No case ran: the gate is ignored.
-pub fn evaluate_gate<'a>(
+pub(crate) fn evaluate_gate<'a>(
     model: &str,
     suite: &str,
     t: GateThresholds,

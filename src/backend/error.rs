@@ -144,9 +144,6 @@ pub enum LoadError {
         #[source]
         source: Arc<super::candle::hub::FetchError>,
     },
-    /// Cached files that are there but unusable (the message says which and why).
-    #[error("{0}")]
-    Broken(String),
     /// What models.toml names does not fit what is on disk (a path that is not a folder, a
     /// missing tokenizer, a dtype the architecture cannot use).
     #[error("model `{model}`: {what}")]

@@ -14,10 +14,10 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::config::{BackendSpec, GgufSource, ModelSource, ModelSpec};
-pub use crate::fingerprint::{Fingerprint, hex};
+pub(crate) use crate::fingerprint::{Fingerprint, hex};
 
 /// The fingerprint of a model as declared.
-pub fn of(spec: &ModelSpec) -> Fingerprint {
+pub(crate) fn of(spec: &ModelSpec) -> Fingerprint {
     let mut settings = BTreeMap::new();
     if let Some(s) = &spec.params.system_prompt {
         settings.insert("system_prompt".into(), s.clone());
@@ -162,7 +162,7 @@ fn hash_cache_file() -> PathBuf {
 }
 
 /// `size:SHA-256` of a file, from the persistent cache when the file did not change.
-pub fn file_hash(path: &Path) -> std::io::Result<String> {
+pub(crate) fn file_hash(path: &Path) -> std::io::Result<String> {
     let meta = std::fs::metadata(path)?;
     let mtime = meta
         .modified()

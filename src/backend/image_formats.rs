@@ -18,12 +18,12 @@ use image::{DynamicImage, ImageFormat};
 use crate::config::image::{Image, ImageError};
 
 /// The formats llama-server decodes itself (stb_image), without ffmpeg.
-pub const LLAMA_SERVER: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/bmp"];
+pub(crate) const LLAMA_SERVER: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/bmp"];
 
 /// How a backend sends images: as their files, or re-encoded as PNG when the server does not
 /// take the file's format.
 #[derive(Default)]
-pub struct ImageFormats {
+pub(crate) struct ImageFormats {
     /// MIME types the server takes; `None`: every format a suite may hold.
     accepted: Option<&'static [&'static str]>,
     /// Re-encoded images as `data:` URLs, by file, made once per run.
@@ -32,7 +32,7 @@ pub struct ImageFormats {
 
 impl ImageFormats {
     /// A server that takes only `accepted` (MIME types).
-    pub fn only(accepted: &'static [&'static str]) -> Self {
+    pub(crate) fn only(accepted: &'static [&'static str]) -> Self {
         Self {
             accepted: Some(accepted),
             reencoded: Mutex::default(),
@@ -40,13 +40,13 @@ impl ImageFormats {
     }
 
     /// Whether `mime` is sent as it is.
-    pub fn accepts(&self, mime: &str) -> bool {
+    pub(crate) fn accepts(&self, mime: &str) -> bool {
         self.accepted.is_none_or(|a| a.contains(&mime))
     }
 
     /// The image as a `data:` URL the server can read: the file itself when the server takes
     /// its format, else a PNG of its pixels.
-    pub fn data_url(&self, img: &Image) -> Result<Arc<str>, ImageError> {
+    pub(crate) fn data_url(&self, img: &Image) -> Result<Arc<str>, ImageError> {
         if self.accepts(img.mime) {
             return img.data_url();
         }
@@ -77,7 +77,7 @@ impl ImageFormats {
 /// Decodes an image file and encodes its pixels as PNG, losslessly: PNG holds every 8- and
 /// 16-bit grey, grey + alpha, RGB and RGBA image as it is. Float images (which no format a suite
 /// may use decodes to) become 16-bit RGBA.
-pub fn to_png(bytes: &[u8]) -> Result<Vec<u8>, image::ImageError> {
+pub(crate) fn to_png(bytes: &[u8]) -> Result<Vec<u8>, image::ImageError> {
     let decoded = image::load_from_memory(bytes)?;
     let pixels = match decoded {
         DynamicImage::ImageRgb32F(_) | DynamicImage::ImageRgba32F(_) => {

@@ -159,7 +159,7 @@ fn spawn(cmd: Command) -> std::io::Result<Child> {
 }
 
 /// The last `n` lines of a log file.
-pub fn log_tail(path: &Path, n: usize) -> String {
+pub(crate) fn log_tail(path: &Path, n: usize) -> String {
     let Ok(mut f) = File::open(path) else {
         return String::new();
     };
@@ -180,7 +180,7 @@ struct Running {
 }
 
 /// A managed llama-server.
-pub struct LlamaServer {
+pub(crate) struct LlamaServer {
     name: String,
     spec: LlamaServerSpec,
     log: PathBuf,
@@ -210,7 +210,7 @@ impl LlamaServerSpec {
 
 impl LlamaServer {
     /// Starts the server and waits until it is ready.
-    pub fn start(name: &str, spec: &LlamaServerSpec, out: &Path) -> Result<Self, LoadError> {
+    pub(crate) fn start(name: &str, spec: &LlamaServerSpec, out: &Path) -> Result<Self, LoadError> {
         if let GgufSource::Files { model, mmproj } = &spec.source {
             for (key, p) in
                 std::iter::once(("model", model)).chain(mmproj.iter().map(|m| ("mmproj", m)))

@@ -7,10 +7,10 @@
 #[cfg(feature = "candle")]
 pub mod candle;
 mod error;
-pub mod fingerprint;
-pub mod image_formats;
-pub mod llama_server;
-pub mod openai;
+pub(crate) mod fingerprint;
+pub(crate) mod image_formats;
+pub(crate) mod llama_server;
+pub(crate) mod openai;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -12,7 +12,7 @@ use super::image_formats::ImageFormats;
 use super::{Backend, BackendError, Generation, LoadError, Request, Semaphore};
 use crate::config::OpenAiSpec;
 
-pub struct OpenAi {
+pub(crate) struct OpenAi {
     /// Whether the server can still answer (a managed server whose process has exited cannot):
     /// no retries once it is gone.
     pub alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
@@ -31,7 +31,7 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(spec: &OpenAiSpec) -> Result<Self, LoadError> {
+    pub(crate) fn new(spec: &OpenAiSpec) -> Result<Self, LoadError> {
         let api_key = match &spec.api_key_env {
             None => None,
             Some(var) => match std::env::var(var) {
@@ -62,7 +62,7 @@ impl OpenAi {
     /// Checks that something answers at `base_url` (`GET {base_url}/models`; any HTTP status will
     /// do). A server that is not running makes the model unavailable rather than failing every
     /// case with the same connection error.
-    pub fn probe(&self) -> Result<(), LoadError> {
+    pub(crate) fn probe(&self) -> Result<(), LoadError> {
         let url = format!("{}/models", self.base_url);
         let mut call = self
             .client
@@ -83,7 +83,7 @@ impl OpenAi {
 
 /// Builds the request body: messages with text and image parts (each image in a format from
 /// `images`), `max_tokens`, `temperature` (always sent, 0 by default) and `seed` when set.
-pub fn request_body(
+pub(crate) fn request_body(
     model: &str,
     req: &Request,
     images: &ImageFormats,
@@ -122,7 +122,7 @@ pub fn request_body(
 }
 
 /// The start of a body, for error messages.
-pub fn body_start(body: &str) -> String {
+pub(crate) fn body_start(body: &str) -> String {
     let t: String = body.trim().chars().take(200).collect();
     let t = t.split_whitespace().collect::<Vec<_>>().join(" ");
     if body.trim().chars().count() > 200 {
@@ -133,7 +133,8 @@ pub fn body_start(body: &str) -> String {
 }
 
 /// Reads the answer and token usage out of a chat/completions response body.
-pub fn parse_response(body: &str) -> Result<Generation, BackendError> {
+#[cfg(test)]
+fn parse_response(body: &str) -> Result<Generation, BackendError> {
     parse_reply(body).map(|(g, _)| g)
 }
 
@@ -142,7 +143,7 @@ pub fn parse_response(body: &str) -> Result<Generation, BackendError> {
 /// `server_slot_stats::to_json` in tools/server/server-common.cpp) to every chat/completions
 /// reply. vLLM, Ollama's OpenAI endpoint and OpenAI send none.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ServerTimings {
+pub(crate) struct ServerTimings {
     /// Prompt processing (images included), in the server.
     pub prompt: Option<Duration>,
     /// Generating the answer's tokens, in the server.
@@ -175,7 +176,7 @@ impl ServerTimings {
     /// Time to first token of a request that took `elapsed` from sending to the whole reply:
     /// everything but the server's decoding (so transport and queueing count, as they would for
     /// a streaming client), else the server's prompt time.
-    pub fn time_to_first_token(&self, elapsed: Duration) -> Option<Duration> {
+    pub(crate) fn time_to_first_token(&self, elapsed: Duration) -> Option<Duration> {
         match (self.decode, self.prompt) {
             (Some(d), p) if elapsed > d => Some((elapsed - d).max(p.unwrap_or_default())),
             (_, p) => p,
@@ -183,8 +184,9 @@ impl ServerTimings {
     }
 }
 
-/// [`parse_response`], and the server's own timings when it reports them.
-pub fn parse_reply(body: &str) -> Result<(Generation, Option<ServerTimings>), BackendError> {
+/// The answer and token usage of a chat/completions response body, and the server's own timings
+/// when it reports them.
+pub(crate) fn parse_reply(body: &str) -> Result<(Generation, Option<ServerTimings>), BackendError> {
     let v: Value = serde_json::from_str(body).map_err(|_| {
         BackendError::Protocol(format!(
             "the server's reply is not JSON: {:?}",
@@ -249,7 +251,7 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(8);
 
 /// Exponential backoff with jitter: 250 ms, 500 ms, 1 s, 2 s… each scaled by 0.5–1.5.
-pub fn backoff(retry: u32) -> Duration {
+pub(crate) fn backoff(retry: u32) -> Duration {
     let base = BACKOFF_BASE
         .saturating_mul(1 << retry.min(10))
         .min(BACKOFF_CAP);

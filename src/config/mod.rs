@@ -2,7 +2,7 @@
 
 pub mod image;
 pub mod models;
-pub mod served;
+pub(crate) mod served;
 pub mod suite;
 pub mod text;
 

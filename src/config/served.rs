@@ -14,7 +14,7 @@ use crate::error::ConfigError;
 
 /// How long a request to a served model may take, queueing included: the processes of a
 /// nextest run may all be waiting for the one model.
-pub const TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One `NAME=URL` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct Served {
 }
 
 /// Reads the value of `VLMTEST_SERVED`.
-pub fn parse(value: &str) -> Result<Vec<Served>, ConfigError> {
+pub(crate) fn parse(value: &str) -> Result<Vec<Served>, ConfigError> {
     let mut out: Vec<Served> = Vec::new();
     for entry in value
         .split(|c: char| c == ',' || c.is_whitespace())
@@ -59,7 +59,7 @@ pub fn parse(value: &str) -> Result<Vec<Served>, ConfigError> {
 }
 
 /// Points each served model of `models` at its server.
-pub fn apply(models: &mut ModelsConfig, served: &[Served]) -> Result<(), ConfigError> {
+pub(crate) fn apply(models: &mut ModelsConfig, served: &[Served]) -> Result<(), ConfigError> {
     for s in served {
         let known: Vec<&str> = models.models.iter().map(|m| m.name.as_str()).collect();
         let known = known.join(", ");

@@ -229,7 +229,7 @@ fn pct(v: Option<f64>) -> String {
 }
 
 /// `images` are the suites' images: (suite, path as written) → the file on disk.
-pub fn render(report: &Report, facts: &RunFacts) -> String {
+pub(crate) fn render(report: &Report, facts: &RunFacts) -> String {
     let mut images = Images::new(&facts.images);
     let asked: HashMap<(&str, &str), &CaseFacts> = facts
         .cases

@@ -7,7 +7,7 @@ use super::Report;
 use crate::verdict::{CaseResult, Outcome, Status};
 
 /// Escapes text for XML attributes and content, dropping characters XML 1.0 forbids.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -24,7 +24,7 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-pub fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let mut groups: BTreeMap<(&str, &str), Vec<&CaseResult>> = BTreeMap::new();
     for c in &report.cases {
         groups.entry((&c.model, &c.suite)).or_default().push(c);

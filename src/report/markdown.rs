@@ -46,7 +46,7 @@ fn gate_cell(report: &Report, model: &str) -> String {
 }
 
 /// The columns of the summary table (the seed scripts' comparison table).
-pub const SUMMARY_HEADER: [&str; 9] = [
+pub(crate) const SUMMARY_HEADER: [&str; 9] = [
     "Model",
     "Vision",
     "Pure text",
@@ -59,7 +59,7 @@ pub const SUMMARY_HEADER: [&str; 9] = [
 ];
 
 /// One row per model, in [`SUMMARY_HEADER`]'s order.
-pub fn summary_rows(report: &Report) -> Vec<[String; 9]> {
+pub(crate) fn summary_rows(report: &Report) -> Vec<[String; 9]> {
     report
         .models
         .iter()
@@ -119,7 +119,7 @@ fn speed_rows(report: &Report) -> Vec<[String; 5]> {
 }
 
 /// Renders the summary of a report as Markdown.
-pub fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# vlmtest report\n");
     let m = &report.machine;
@@ -319,7 +319,7 @@ pub fn render(report: &Report) -> String {
 }
 
 /// A table of comparisons with a baseline, then the cases that flipped.
-pub fn comparisons(list: &[crate::compare::Comparison]) -> String {
+pub(crate) fn comparisons(list: &[crate::compare::Comparison]) -> String {
     use crate::compare::Verdict;
     let mut s = String::new();
     let f = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.3}"));

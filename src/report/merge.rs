@@ -14,7 +14,7 @@ use crate::verdict::{CaseResult, GateThresholds, SuiteResult, evaluate_gate};
 
 /// Why shards could not be merged.
 #[derive(Debug, thiserror::Error)]
-pub enum MergeError {
+pub(crate) enum MergeError {
     #[error("{0}")]
     Output(#[from] OutputError),
     #[error("no shard folders given (expected `vlmtest merge OUT IN...`)")]
@@ -28,7 +28,7 @@ pub enum MergeError {
 }
 
 /// The merged run: its report, and what a CI job needs to decide.
-pub struct Merged {
+pub(crate) struct Merged {
     pub report: Report,
     /// Trials of the plan that no shard ran.
     pub missing: Vec<String>,
@@ -37,7 +37,7 @@ pub struct Merged {
 impl Merged {
     /// Whether CI should fail: a case failed or errored, a gate failed, a model regressed against
     /// its baseline, or trials are missing.
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         !self.missing.is_empty()
             || self
                 .report
@@ -67,7 +67,7 @@ fn verdict_of(c: &CaseResult) -> (crate::verdict::Status, &str, String) {
 
 /// Merges the shards `inputs` into `out`: report.json, report.md, junit.xml, report.html, and the
 /// merged records (so `vlmtest report` works on `out` too).
-pub fn merge(
+pub(crate) fn merge(
     out: &Path,
     inputs: &[PathBuf],
     baselines: Option<&Path>,

@@ -8,10 +8,10 @@
 //! files up to date during a run; [`rebuild`] (`vlmtest report`) recomputes every output from
 //! the records alone.
 
-pub mod html;
-pub mod junit;
-pub mod markdown;
-pub mod merge;
+pub(crate) mod html;
+pub(crate) mod junit;
+pub(crate) mod markdown;
+pub(crate) mod merge;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -27,7 +27,7 @@ use crate::verdict::{CaseResult, GateResult, SuiteResult, Summary};
 
 /// A failure to write or read the outputs, naming the file.
 #[derive(Debug, thiserror::Error)]
-pub enum OutputError {
+pub(crate) enum OutputError {
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -68,7 +68,7 @@ pub enum OutputError {
 /// What the plan said, written once per run as run.json: enough to render the reports from the
 /// records alone.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunFacts {
+pub(crate) struct RunFacts {
     /// Identifies the run across processes (cargo-nextest runs one process per test).
     pub run_id: String,
     pub started_at: String,
@@ -96,14 +96,14 @@ pub struct RunFacts {
 
 /// A case of a suite: what each turn asks, shows and expects.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CaseFacts {
+pub(crate) struct CaseFacts {
     pub suite: String,
     pub case: String,
     pub turns: Vec<TurnFacts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TurnFacts {
+pub(crate) struct TurnFacts {
     pub question: String,
     /// The images as the suite names them.
     pub images: Vec<String>,
@@ -111,7 +111,7 @@ pub struct TurnFacts {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelFacts {
+pub(crate) struct ModelFacts {
     pub name: String,
     pub backend: String,
     /// Whether it can answer without an image.
@@ -119,7 +119,7 @@ pub struct ModelFacts {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GateFacts {
+pub(crate) struct GateFacts {
     pub model: String,
     pub suite: String,
     pub min_accuracy: Option<f64>,
@@ -131,7 +131,7 @@ pub struct GateFacts {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImageFacts {
+pub(crate) struct ImageFacts {
     pub suite: String,
     /// The path as the suite writes it.
     pub shown: String,
@@ -141,7 +141,7 @@ pub struct ImageFacts {
 
 /// A model's load figures, as models.jsonl records them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ModelStats {
+pub(crate) struct ModelStats {
     pub name: String,
     pub load_s: Option<f64>,
     /// Growth of this process's resident memory across the load (in-process models).
@@ -157,7 +157,7 @@ pub struct ModelStats {
 
 /// How a model did on the cases that need an image, or on those that do not.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Capability {
+pub(crate) struct Capability {
     pub cases: usize,
     pub passed: usize,
     /// Declared unable (`text_only = false`) for the text-only capability.
@@ -166,7 +166,7 @@ pub struct Capability {
 
 /// One model in the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelReport {
+pub(crate) struct ModelReport {
     pub name: String,
     pub backend: String,
     pub text_only: bool,
@@ -192,7 +192,7 @@ pub struct ModelReport {
 
 /// A digest of every preprocessing summary of a model's cases, and the first one as a sample.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PreprocessingFingerprint {
+pub(crate) struct PreprocessingFingerprint {
     pub digest: String,
     /// Turns with a summary.
     pub turns: usize,
@@ -223,7 +223,7 @@ fn preprocessing_fingerprint(cases: &[&CaseResult]) -> Option<PreprocessingFinge
 impl ModelReport {
     /// The model's memory for the summary table: its server's resident memory when it has its
     /// own process, else the growth of this process across its load.
-    pub fn memory_bytes(&self) -> Option<f64> {
+    pub(crate) fn memory_bytes(&self) -> Option<f64> {
         self.external_memory_bytes
             .map(|b| b as f64)
             .or(self.memory_growth_bytes.map(|b| b as f64))
@@ -232,7 +232,7 @@ impl ModelReport {
 
 /// report.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub vlmtest_version: String,
     pub started_at: String,
     pub finished_at: Option<String>,
@@ -254,7 +254,7 @@ pub struct Report {
 
 impl Report {
     /// "incomplete: N trials missing", when some are.
-    pub fn missing_note(&self) -> Option<String> {
+    pub(crate) fn missing_note(&self) -> Option<String> {
         match self.missing_trials.len() {
             0 => None,
             1 => Some("incomplete: 1 trial missing".into()),
@@ -271,7 +271,7 @@ impl Report {
     /// report.json from the plan's facts and the records: cases (the last record per name
     /// wins), evaluated gates, and models' load figures. Model × suites whose gate did not run
     /// (a filtered run) still get their figures, with the gate marked ignored.
-    pub fn build(
+    pub(crate) fn build(
         facts: &RunFacts,
         mut cases: Vec<CaseResult>,
         mut suites: Vec<SuiteResult>,
@@ -414,7 +414,7 @@ impl Report {
 }
 
 /// The records of a run as read back from `VLMTEST_OUT`.
-pub struct Records {
+pub(crate) struct Records {
     pub facts: RunFacts,
     pub cases: Vec<CaseResult>,
     pub suites: Vec<SuiteResult>,
@@ -426,7 +426,7 @@ impl Records {
     /// Reads run.json and the .jsonl records of `out`. A record line cut short by a crash is
     /// skipped (with a warning); a missing run.json (a run that crashed before its first case, or
     /// an older vlmtest) gives empty facts.
-    pub fn read(out: &Path) -> Result<Records, OutputError> {
+    pub(crate) fn read(out: &Path) -> Result<Records, OutputError> {
         let cases_path = out.join(CASES);
         if !cases_path.is_file() {
             return Err(OutputError::NoResults(out.to_path_buf()));
@@ -448,7 +448,7 @@ impl Records {
         })
     }
 
-    pub fn report(&self) -> Report {
+    pub(crate) fn report(&self) -> Report {
         let complete = self.facts.finished_at.is_some();
         let mut r = Report::build(
             &self.facts,
@@ -464,7 +464,7 @@ impl Records {
 
 /// `vlmtest report`: recomputes report.json, report.md, junit.xml and report.html from the
 /// records under `out` (a run killed with SIGKILL leaves only those) and returns the report.
-pub fn rebuild(out: &Path) -> Result<Report, OutputError> {
+pub(crate) fn rebuild(out: &Path) -> Result<Report, OutputError> {
     let records = Records::read(out)?;
     let report = records.report();
     for (name, text) in report.render_all(&records.facts) {
@@ -505,7 +505,7 @@ struct Inner {
 }
 
 /// Collects records as they come and keeps the files under `VLMTEST_OUT` up to date.
-pub struct Recorder {
+pub(crate) struct Recorder {
     out: PathBuf,
     facts: RunFacts,
     /// Several processes write the records of one run (cargo-nextest).
@@ -518,7 +518,7 @@ const REWRITE_EVERY: Duration = Duration::from_millis(500);
 impl Recorder {
     /// A recorder for a run with these facts. `run_id` in the facts decides whether files left
     /// by earlier processes of the same run are kept (cargo-nextest: `NEXTEST_RUN_ID`).
-    pub fn new(out: &Path, facts: RunFacts, shared: bool) -> Recorder {
+    pub(crate) fn new(out: &Path, facts: RunFacts, shared: bool) -> Recorder {
         Recorder {
             out: out.to_path_buf(),
             facts,
@@ -542,7 +542,7 @@ impl Recorder {
     }
 
     /// A run id for a run in one process: unique per process start.
-    pub fn new_run_id() -> String {
+    pub(crate) fn new_run_id() -> String {
         std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| {
             let nanos = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -551,7 +551,7 @@ impl Recorder {
         })
     }
 
-    pub fn started_at() -> String {
+    pub(crate) fn started_at() -> String {
         rfc3339(SystemTime::now())
     }
 
@@ -616,14 +616,14 @@ impl Recorder {
     }
 
     /// Appends a finished case to cases.jsonl at once, in one write.
-    pub fn record_case(&self, r: &CaseResult) {
+    pub(crate) fn record_case(&self, r: &CaseResult) {
         let mut inner = self.lock();
         self.open(&mut inner);
         append(&mut inner, |i| &mut i.cases_file, CASES, r);
         inner.cases.push(r.clone());
     }
 
-    pub fn record_suite(&self, s: &SuiteResult) {
+    pub(crate) fn record_suite(&self, s: &SuiteResult) {
         let mut inner = self.lock();
         self.open(&mut inner);
         append(&mut inner, |i| &mut i.gates_file, GATES, s);
@@ -631,7 +631,7 @@ impl Recorder {
     }
 
     /// Records a model × suite's comparison with its baseline.
-    pub fn record_comparison(&self, c: &crate::compare::Comparison) {
+    pub(crate) fn record_comparison(&self, c: &crate::compare::Comparison) {
         let mut inner = self.lock();
         self.open(&mut inner);
         append(&mut inner, |i| &mut i.comparisons_file, COMPARISONS, c);
@@ -639,7 +639,7 @@ impl Recorder {
     }
 
     /// Records a model's load figures (when it loads, and when it is dropped).
-    pub fn record_model(&self, s: &ModelStats) {
+    pub(crate) fn record_model(&self, s: &ModelStats) {
         let mut inner = self.lock();
         self.open(&mut inner);
         append(&mut inner, |i| &mut i.models_file, MODELS, s);
@@ -648,7 +648,7 @@ impl Recorder {
 
     /// The last record of case `name` in this run's cases.jsonl, when another process of the run
     /// (cargo-nextest) recorded it. Reads only what was appended since the last call.
-    pub fn recorded_case(&self, name: &str) -> Option<CaseResult> {
+    pub(crate) fn recorded_case(&self, name: &str) -> Option<CaseResult> {
         if !self.shared {
             return None;
         }
@@ -676,7 +676,7 @@ impl Recorder {
 
     /// The cases of one model × suite this run has recorded so far (every process's, under
     /// cargo-nextest).
-    pub fn recorded_cases(&self, model: &str, suite: &str) -> Vec<CaseResult> {
+    pub(crate) fn recorded_cases(&self, model: &str, suite: &str) -> Vec<CaseResult> {
         let _ = self.recorded_case("");
         let inner = self.lock();
         let mut all: Vec<CaseResult> = inner
@@ -704,7 +704,7 @@ impl Recorder {
     }
 
     /// The report of what has been recorded so far (by every process of the run).
-    pub fn snapshot(&self, complete: bool) -> Report {
+    pub(crate) fn snapshot(&self, complete: bool) -> Report {
         let (cases, suites, stats, comparisons) = if self.shared {
             match Records::read(&self.out) {
                 Ok(r) => (r.cases, r.suites, r.stats, r.comparisons),
@@ -729,7 +729,7 @@ impl Recorder {
     /// Not under cargo-nextest (`shared`): there a process runs one trial and rewrites every
     /// report when it finishes; a progress rewrite before that would read all of the run's
     /// records once more for nothing (it doubled each process's cost at 15,000 records).
-    pub fn write_progress(&self) {
+    pub(crate) fn write_progress(&self) {
         if self.shared || !self.claim_rewrite() {
             return;
         }
@@ -745,7 +745,7 @@ impl Recorder {
 
     /// Writes every output, `complete` or not (an interrupted run). Returns the first error
     /// of the run.
-    pub fn finish(&self, complete: bool) -> Result<(), OutputError> {
+    pub(crate) fn finish(&self, complete: bool) -> Result<(), OutputError> {
         if !self.lock().opened {
             return Ok(()); // nothing ran
         }
@@ -769,7 +769,7 @@ impl Recorder {
             .map(|_| ())
     }
 
-    pub fn out(&self) -> &Path {
+    pub(crate) fn out(&self) -> &Path {
         &self.out
     }
 }

@@ -3,8 +3,8 @@
 //! `vqa` is the official VQA v2 accuracy (see [`vqa`]); every other rule uses the simple
 //! normalisation of [`normalize`]: trimmed, lowercase, trailing punctuation removed.
 
-pub mod numbers;
-pub mod vqa;
+pub(crate) mod numbers;
+pub(crate) mod vqa;
 
 use std::fmt;
 

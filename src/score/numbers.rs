@@ -85,7 +85,7 @@ fn parse_digits(token: &str) -> Option<f64> {
 }
 
 /// The first number in `text`, or `None`.
-pub fn first_number(text: &str) -> Option<f64> {
+pub(crate) fn first_number(text: &str) -> Option<f64> {
     let lower = text.to_lowercase();
     // Tokens: runs of letters, or runs of digits with their sign, separators and decimal point.
     let mut tokens: Vec<String> = Vec::new();

@@ -61,7 +61,7 @@ const MAX_PERIODS_REMOVED: usize = 32;
 
 /// VQA accuracy of `prediction` against the human `answers`, in [0, 1]: the official per-question
 /// score of vqaEval.py at a013f00 (see the module documentation). Returns 0 for no answers.
-pub fn accuracy(answers: &[String], prediction: &str) -> f64 {
+pub(crate) fn accuracy(answers: &[String], prediction: &str) -> f64 {
     let cleaned: Vec<String> = answers.iter().map(|a| clean_whitespace(a)).collect();
     let prediction = clean_whitespace(prediction);
     if unanimous(&cleaned) {
@@ -74,7 +74,7 @@ pub fn accuracy(answers: &[String], prediction: &str) -> f64 {
 /// VQA accuracy as the official script computed it before a013f00 (2021-03-11): the prediction
 /// is always cleaned and fully processed; the answers are neither cleaned nor word-processed,
 /// and get the punctuation pass only when they are not unanimous.
-pub fn accuracy_pre2021(answers: &[String], prediction: &str) -> f64 {
+pub(crate) fn accuracy_pre2021(answers: &[String], prediction: &str) -> f64 {
     let prediction = normalize(prediction);
     if unanimous(answers) {
         return leave_one_out(answers, &prediction);
@@ -86,14 +86,14 @@ pub fn accuracy_pre2021(answers: &[String], prediction: &str) -> f64 {
 /// The highest VQA accuracy any prediction can reach against `n` human answers: every answer
 /// matching leaves `n - 1` matches per leave-one-out set, so `min(1, (n - 1) / 3)`; below 4
 /// answers no prediction scores 1, and a single answer always scores 0.
-pub fn best_possible(n: usize) -> f64 {
+pub(crate) fn best_possible(n: usize) -> f64 {
     (n.saturating_sub(1) as f64 / 3.0).min(1.0)
 }
 
 /// The full processing the official script applies to non-unanimous answers and to the
 /// prediction: whitespace clean-up, the punctuation pass, then the word pass
 /// (`"  The U.S.A.!\n"` → `"usa"`, `"Two dogs"` → `"2 dogs"`, `"dont"` → `"don't"`).
-pub fn normalize(text: &str) -> String {
+pub(crate) fn normalize(text: &str) -> String {
     process(&clean_whitespace(text))
 }
 

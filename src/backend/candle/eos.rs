@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::{Error, Result, read_json};
 
 /// The stop token ids for the model in `dir` (see the module documentation).
-pub fn stop_tokens(dir: &Path) -> Result<Vec<u32>> {
+pub(crate) fn stop_tokens(dir: &Path) -> Result<Vec<u32>> {
     let ids = if dir.join("generation_config.json").is_file() {
         let v: Value = read_json(dir, "generation_config.json")?;
         token_ids(

@@ -10,7 +10,7 @@ use crate::backend::LoadError;
 use crate::config::{CandleSpec, Fetch, ModelSource};
 
 /// The cache folder.
-pub fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
@@ -28,25 +28,22 @@ pub fn cache_dir() -> PathBuf {
         .join("hub")
 }
 
-/// Why a cached model cannot be used.
+/// Why a cached model cannot be used: it is not downloaded (or not all of it), and fetching it
+/// fixes this.
 #[derive(Debug)]
-pub enum Missing {
-    /// Not downloaded (or not all of it): fetching it fixes this.
+pub(crate) enum Missing {
     NotCached(String),
-    /// Present but unusable.
-    Broken(String),
 }
 
 impl Missing {
     /// The load error of model `name` whose files (`what`: "" for the model's own, "the
     /// tokenizer " for a tokenizer of its own) are missing.
-    pub fn into_load_error(self, name: &str, what: &str) -> LoadError {
+    pub(crate) fn into_load_error(self, name: &str, what: &str) -> LoadError {
         match self {
             Missing::NotCached(why) => LoadError::NotCached {
                 why: format!("{what}{why}"),
                 fix: fetch_it(name),
             },
-            Missing::Broken(why) => LoadError::Broken(why),
         }
     }
 }
@@ -71,11 +68,11 @@ fn is_commit(revision: &str) -> bool {
 
 /// The snapshot folder of `repo` at `revision` (a branch, tag or commit), if all the files a
 /// model needs are in the cache.
-pub fn cached_snapshot(repo: &str, revision: &str) -> Result<PathBuf, Missing> {
+pub(crate) fn cached_snapshot(repo: &str, revision: &str) -> Result<PathBuf, Missing> {
     snapshot_in(&cache_dir(), repo, revision)
 }
 
-pub fn snapshot_in(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, Missing> {
+pub(crate) fn snapshot_in(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, Missing> {
     let snap = snapshot_folder(cache, repo, revision)?;
     let shown = format!("{repo}@{revision}");
     for f in REQUIRED {
@@ -91,11 +88,11 @@ pub fn snapshot_in(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, 
 }
 
 /// The `tokenizer.json` of a tokenizer-only repo (e.g. `moondream/starmie-v1`) in the cache.
-pub fn cached_tokenizer(repo: &str, revision: &str) -> Result<PathBuf, Missing> {
+pub(crate) fn cached_tokenizer(repo: &str, revision: &str) -> Result<PathBuf, Missing> {
     tokenizer_in(&cache_dir(), repo, revision)
 }
 
-pub fn tokenizer_in(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, Missing> {
+pub(crate) fn tokenizer_in(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, Missing> {
     let file = snapshot_folder(cache, repo, revision)?.join("tokenizer.json");
     if !file.is_file() {
         return Err(Missing::NotCached(format!(
@@ -141,7 +138,7 @@ fn snapshot_folder(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf, 
 }
 
 /// Whether the user asked for no network (`HF_HUB_OFFLINE=1`, as Python's huggingface_hub).
-pub fn offline() -> bool {
+pub(crate) fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .map(|v| {
             matches!(
@@ -154,7 +151,7 @@ pub fn offline() -> bool {
 
 /// The files of a repo worth downloading for in-process inference: configs, tokenizer, chat
 /// template and safetensors weights (not `.bin`, `.onnx`, `.gguf` or other formats).
-pub fn wanted(file: &str) -> bool {
+pub(crate) fn wanted(file: &str) -> bool {
     if file.contains('/') {
         return false;
     }
@@ -223,12 +220,12 @@ pub enum FetchError {
 
 /// Downloads `repo` at `revision` into the cache (`vlmtest fetch`), showing each file's
 /// progress on stderr; returns the snapshot folder.
-pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf, FetchError> {
+pub(crate) fn fetch(repo: &str, revision: &str) -> Result<PathBuf, FetchError> {
     fetch_checked(repo, revision, snapshot_in)
 }
 
 /// As [`fetch`], for a repo that holds only a tokenizer (`tokenizer_repo`).
-pub fn fetch_tokenizer(repo: &str, revision: &str) -> Result<PathBuf, FetchError> {
+pub(crate) fn fetch_tokenizer(repo: &str, revision: &str) -> Result<PathBuf, FetchError> {
     fetch_checked(repo, revision, tokenizer_snapshot_in)
 }
 
@@ -260,7 +257,7 @@ fn fetch_checked(repo: &str, revision: &str, check: Check) -> Result<PathBuf, Fe
 /// Downloads happen one at a time per process, and a process that finds another one (a
 /// cargo-nextest sibling, `vlmtest fetch`) downloading the same repo waits for it and then uses
 /// its files: a model is downloaded once however many trials and processes want it first.
-pub fn first_use(name: &str, spec: &CandleSpec, policy: Fetch) -> Result<(), LoadError> {
+pub(crate) fn first_use(name: &str, spec: &CandleSpec, policy: Fetch) -> Result<(), LoadError> {
     if let ModelSource::Hub { repo, revision } = &spec.source {
         ensure(name, repo, revision, policy, snapshot_in)?;
     }
@@ -283,7 +280,6 @@ fn ensure(
     let cached = |r: &str, v: &str| check(&cache_dir(), r, v);
     let why = match cached(repo, revision) {
         Ok(_) => return Ok(()),
-        Err(Missing::Broken(why)) => return Err(LoadError::Broken(why)),
         Err(Missing::NotCached(why)) => why,
     };
     let fetch_it = fetch_it(name);
@@ -489,7 +485,7 @@ fn download(cache: &Path, repo: &str, revision: &str, check: Check) -> Result<Pa
         }
     }
     check(cache, repo, revision).map_err(|e| match e {
-        Missing::NotCached(why) | Missing::Broken(why) => FetchError::Unusable {
+        Missing::NotCached(why) => FetchError::Unusable {
             repo: repo.into(),
             revision: revision.into(),
             why,

@@ -152,7 +152,7 @@ struct Layer {
     down: QLinear,
 }
 
-pub struct Llama {
+pub(crate) struct Llama {
     embed: QEmbedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
@@ -222,7 +222,7 @@ impl Llama {
     /// Loads the decoder from `vb` (the prefix that holds `embed_tokens`, `layers`, `norm`) and the
     /// LM head from `lm_head` (tied to the embeddings when the config says so or the checkpoint
     /// has no head), the linear layers and embeddings as `q` makes them.
-    pub fn load(
+    pub(crate) fn load(
         cfg: &LlamaConfig,
         vb: VarBuilder,
         lm_head: VarBuilder,
@@ -293,12 +293,12 @@ impl Llama {
     }
 
     /// Token embeddings, `[b, s, hidden]`.
-    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+    pub(crate) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         self.embed.forward(ids)
     }
 
     /// Empties the KV cache: the next call starts a new sequence.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.pos = 0;
         for l in &mut self.layers {
             l.attn.cache = None;
@@ -323,7 +323,7 @@ impl Llama {
 
     /// Runs `x` (`[1, s, hidden]`) after what the cache holds; returns the logits at the last
     /// position, `[vocab]`, f32.
-    pub fn forward_embeds(&mut self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward_embeds(&mut self, x: &Tensor) -> Result<Tensor> {
         let (_, s, _) = x.dims3()?;
         let (cos, sin) = self.rope_tables(s)?;
         let mask = if s > 1 {
@@ -357,7 +357,7 @@ impl Llama {
     }
 
     /// One token after what the cache holds.
-    pub fn forward_token(&mut self, token: u32) -> Result<Tensor> {
+    pub(crate) fn forward_token(&mut self, token: u32) -> Result<Tensor> {
         let ids = Tensor::new(&[[token]], &self.device)?;
         let x = self.embed(&ids)?;
         self.forward_embeds(&x)

@@ -2,22 +2,22 @@
 //! generation loop they share (greedy or sampled decoding, stop at EOS or `max_new_tokens`, a KV
 //! cache that starts empty for every request, timings and token counts).
 
-pub mod checkpoint;
-pub mod eos;
-pub mod error;
-pub mod hub;
-pub mod llama;
+pub(crate) mod checkpoint;
+pub(crate) mod eos;
+pub(crate) mod error;
+pub(crate) mod hub;
+pub(crate) mod llama;
 pub mod llava_next;
 pub mod moondream;
 pub mod moondream2024;
 pub mod moondream2025;
 pub mod paligemma;
-pub mod phi3;
+pub(crate) mod phi3;
 pub mod phi3_v;
 pub mod phi3_v_image;
 pub mod prompt;
 pub mod quant;
-pub mod siglip;
+pub(crate) mod siglip;
 pub mod smolvlm;
 pub mod template;
 

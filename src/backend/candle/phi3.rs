@@ -26,7 +26,7 @@ use super::quant::{QEmbedding, QLinear, Quantizer};
 
 /// The text keys of Phi-3-V's config.json (defaults are `Phi3VConfig`'s).
 #[derive(Debug, Clone, Deserialize)]
-pub struct Phi3Config {
+pub(crate) struct Phi3Config {
     #[serde(default = "d_vocab")]
     pub vocab_size: usize,
     #[serde(default = "d_hidden")]
@@ -54,7 +54,7 @@ pub struct Phi3Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct RopeScaling {
+pub(crate) struct RopeScaling {
     #[serde(rename = "type", alias = "rope_type")]
     pub kind: String,
     pub short_factor: Vec<f64>,
@@ -90,16 +90,16 @@ fn d_act() -> String {
 }
 
 impl Phi3Config {
-    pub fn head_dim(&self) -> usize {
+    pub(crate) fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)
     }
 
-    pub fn kv_heads(&self) -> usize {
+    pub(crate) fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
     /// What this implementation does not do, said before loading rather than computed wrongly.
-    pub fn check(&self) -> super::Result<()> {
+    pub(crate) fn check(&self) -> super::Result<()> {
         use super::Error;
         if self.hidden_act != "silu" {
             return Err(Error::invalid(
@@ -180,7 +180,7 @@ struct Rope {
     scaling: f32,
 }
 
-pub struct Phi3 {
+pub(crate) struct Phi3 {
     embed: QEmbedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
@@ -244,7 +244,7 @@ impl Phi3 {
     /// LM head from `lm_head`. `embed` is the token embedding when it lives elsewhere (Phi-3-V
     /// checkpoints may store it as `vision_embed_tokens.wte` only). The linear layers are made
     /// by `q` ([`super::quant`]).
-    pub fn load(
+    pub(crate) fn load(
         cfg: &Phi3Config,
         vb: VarBuilder,
         lm_head: VarBuilder,
@@ -328,12 +328,12 @@ impl Phi3 {
     }
 
     /// Token embeddings, `[b, s, hidden]`.
-    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+    pub(crate) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         self.embed.forward(ids)
     }
 
     /// Empties the KV cache: the next call starts a new sequence.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.pos = 0;
         for l in &mut self.layers {
             l.attn.cache = None;
@@ -371,7 +371,7 @@ impl Phi3 {
 
     /// Runs `x` (`[1, s, hidden]`) after what the cache holds; returns the logits at the last
     /// position, `[vocab]`, f32.
-    pub fn forward_embeds(&mut self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward_embeds(&mut self, x: &Tensor) -> Result<Tensor> {
         let (_, s, _) = x.dims3()?;
         let (cos, sin) = self.rope_tables(s)?;
         let mask = if s > 1 {
@@ -407,7 +407,7 @@ impl Phi3 {
     }
 
     /// One token after what the cache holds.
-    pub fn forward_token(&mut self, token: u32) -> Result<Tensor> {
+    pub(crate) fn forward_token(&mut self, token: u32) -> Result<Tensor> {
         let ids = Tensor::new(&[[token]], &self.device)?;
         let x = self.embed(&ids)?;
         self.forward_embeds(&x)

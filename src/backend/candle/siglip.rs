@@ -13,7 +13,7 @@ use super::quant::{QLinear, Quantizer};
 
 /// The encoder's dimensions (a `vision_config`).
 #[derive(Debug, Clone)]
-pub struct Dims {
+pub(crate) struct Dims {
     pub hidden: usize,
     pub intermediate: usize,
     pub layers: usize,
@@ -27,7 +27,7 @@ pub struct Dims {
 
 /// The MLP activations vision configs name.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Act {
+pub(crate) enum Act {
     /// `gelu_pytorch_tanh`
     GeluTanh,
     /// `gelu` (erf)
@@ -35,7 +35,7 @@ pub enum Act {
 }
 
 impl Act {
-    pub fn parse(name: &str) -> super::Result<Act> {
+    pub(crate) fn parse(name: &str) -> super::Result<Act> {
         match name {
             "gelu_pytorch_tanh" => Ok(Act::GeluTanh),
             "gelu" => Ok(Act::Gelu),
@@ -82,7 +82,7 @@ impl CustomOp1 for ParallelGeluTanh {
 }
 
 /// The activation, with the parallel tanh GELU on CPU f32 (also used by Moondream's encoders).
-pub fn activate(x: &Tensor, act: Act) -> Result<Tensor> {
+pub(crate) fn activate(x: &Tensor, act: Act) -> Result<Tensor> {
     match act {
         Act::Gelu => x.gelu_erf(),
         Act::GeluTanh if x.device().is_cpu() && x.dtype() == DType::F32 => {
@@ -103,7 +103,7 @@ struct Layer {
     fc2: QLinear,
 }
 
-pub struct VisionEncoder {
+pub(crate) struct VisionEncoder {
     patch: Conv2d,
     position: Tensor,
     layers: Vec<Layer>,
@@ -114,7 +114,7 @@ pub struct VisionEncoder {
 impl VisionEncoder {
     /// Loads from `vb` holding `embeddings`, `encoder.layers.N` and `post_layernorm`, the linear
     /// layers as `qz` makes them (the patch convolution and position embeddings stay dense).
-    pub fn load(dims: &Dims, vb: VarBuilder, qz: &Quantizer) -> Result<Self> {
+    pub(crate) fn load(dims: &Dims, vb: VarBuilder, qz: &Quantizer) -> Result<Self> {
         let d = dims.hidden;
         let e = vb.pp("embeddings");
         let patch = candle_nn::conv2d(
@@ -155,7 +155,7 @@ impl VisionEncoder {
     }
 
     /// `[b, 3, S, S]` pixels to `[b, patches, hidden]` (full images: every patch is real).
-    pub fn forward(&self, px: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, px: &Tensor) -> Result<Tensor> {
         let (heads, d) = (self.dims.heads, self.dims.hidden);
         let hd = d / heads;
         let x = self.patch.forward(px)?.flatten_from(2)?.transpose(1, 2)?;
