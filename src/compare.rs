@@ -325,7 +325,10 @@ pub(crate) fn against(
 pub(crate) const DEFAULT_ALPHA: f64 = 0.05;
 
 /// "the baseline was taken with another model: ..." when the fingerprints differ.
-pub(crate) fn fingerprint_note(base: Option<&Fingerprint>, now: Option<&Fingerprint>) -> Option<String> {
+pub(crate) fn fingerprint_note(
+    base: Option<&Fingerprint>,
+    now: Option<&Fingerprint>,
+) -> Option<String> {
     match (base, now) {
         (Some(b), Some(n)) if b != n => Some(format!(
             "the baseline was taken with another model fingerprint ({}); compared anyway",

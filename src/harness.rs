@@ -20,7 +20,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs the harness with explicit libtest arguments (used by `vlmtest run`).
-pub fn run_with_args(args: Arguments) -> ExitCode {
+pub(crate) fn run_with_args(args: Arguments) -> ExitCode {
     init_logging();
     let env = match Env::from_process() {
         Ok(env) => env,
@@ -78,7 +78,7 @@ fn planned_ignore(plan: &Plan, kind: TrialKind) -> bool {
 }
 
 /// Runs a plan as libtest trials; writes the reports when anything ran.
-pub fn run_plan(plan: Plan, env: Env, args: &Arguments) -> ExitCode {
+pub(crate) fn run_plan(plan: Plan, env: Env, args: &Arguments) -> ExitCode {
     // Terse dots are printed on an unfinished line and JSON is read by tools: a progress bar
     // redrawn on the terminal could wipe the former, so both get plain lines on stderr.
     crate::progress::set_plain(

@@ -36,7 +36,7 @@ impl EnvError {
 }
 
 /// Why a candle model cannot run in a build without the `candle` feature.
-pub const NO_CANDLE: &str = "backend `candle` (in-process models) needs vlmtest built with the `candle` cargo feature, \
+pub(crate) const NO_CANDLE: &str = "backend `candle` (in-process models) needs vlmtest built with the `candle` cargo feature, \
      which is on by default; this build left it out (--no-default-features): rebuild without that flag, \
      or serve the model over HTTP (backend = \"openai\" or \"llama-server\")";
 
@@ -96,7 +96,7 @@ macro_rules! arches {
 
             /// Whether the architecture can answer a question without an image: the default of
             /// a model's `text_only`.
-            pub fn answers_text_only(self) -> bool {
+            pub(crate) fn answers_text_only(self) -> bool {
                 match self {
                     $(Arch::$variant => $text,)*
                 }

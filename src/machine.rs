@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Machine {
+pub(crate) struct Machine {
     pub cpu: String,
     pub physical_cores: Option<usize>,
     pub logical_cores: usize,
@@ -25,7 +25,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn detect() -> Machine {
+    pub(crate) fn detect() -> Machine {
         let mut m = Machine {
             arch: std::env::consts::ARCH.to_string(),
             vlmtest_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -78,7 +78,7 @@ pub fn process_peak_rss() -> Option<u64> {
 }
 
 /// Resident memory of another process (a managed server), in bytes.
-pub fn pid_memory(pid: sysinfo::Pid) -> Option<u64> {
+pub(crate) fn pid_memory(pid: sysinfo::Pid) -> Option<u64> {
     let mut sys = sysinfo::System::new().ok()?;
     sys.refresh_processes_specifics(
         sysinfo::ProcessesToUpdate::Some(&[pid]),
@@ -140,7 +140,7 @@ pub fn allocator() -> Allocator {
 
 impl Allocator {
     /// Reads `VLMTEST_MALLOC`: `tuned`, `default`, or unset (then `when_unset`).
-    pub fn from_env(
+    pub(crate) fn from_env(
         value: Option<&str>,
         when_unset: Allocator,
     ) -> Result<Allocator, crate::kinds::EnvError> {

@@ -5,7 +5,7 @@ use crate::config::{Config, Thresholds};
 
 /// A planned case: one question (or conversation) for one model.
 #[derive(Debug, Clone)]
-pub struct PlannedCase {
+pub(crate) struct PlannedCase {
     pub model: usize,
     pub suite: usize,
     pub case: usize,
@@ -16,17 +16,16 @@ pub struct PlannedCase {
 
 /// A planned gate: one model × one suite.
 #[derive(Debug, Clone)]
-pub struct PlannedGate {
+pub(crate) struct PlannedGate {
     pub model: usize,
     pub suite: usize,
-    pub name: String,
     /// Indices into [`Plan::cases`] of the suite's cases for this model.
     pub cases: Vec<usize>,
     pub thresholds: Thresholds,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrialKind {
+pub(crate) enum TrialKind {
     Case(usize),
     Gate(usize),
     /// The comparison of gate `g`'s model × suite with the model's baseline.
@@ -35,14 +34,14 @@ pub enum TrialKind {
 
 /// What the harness turns into one libtest trial.
 #[derive(Debug, Clone)]
-pub struct PlannedTrial {
+pub(crate) struct PlannedTrial {
     pub name: String,
     pub kind: TrialKind,
 }
 
 /// Suites × enabled models.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub config: Config,
     /// Indices into `config.models.models` of the enabled models, sorted by name.
     pub models: Vec<usize>,
@@ -70,7 +69,7 @@ pub(crate) fn parse_name(name: &str) -> Option<(&str, &str, &str)> {
 }
 
 impl Plan {
-    pub fn build(config: Config) -> Plan {
+    pub(crate) fn build(config: Config) -> Plan {
         let mut models: Vec<usize> = (0..config.models.models.len())
             .filter(|&i| config.models.models[i].enabled)
             .collect();
@@ -107,9 +106,8 @@ impl Plan {
                         skip,
                     });
                 }
-                let name = case_name(&spec.name, &suite.name, "gate");
                 trials.push(PlannedTrial {
-                    name: name.clone(),
+                    name: case_name(&spec.name, &suite.name, "gate"),
                     kind: TrialKind::Gate(gates.len()),
                 });
                 if config.baselines.contains_key(&spec.name) {
@@ -121,7 +119,6 @@ impl Plan {
                 gates.push(PlannedGate {
                     model: mi,
                     suite: si,
-                    name,
                     cases: indices,
                     thresholds: suite.gate.for_model(&spec.name),
                 });
@@ -137,7 +134,7 @@ impl Plan {
     }
 
     /// The spec of the plan's `i`-th enabled model.
-    pub fn model(&self, i: usize) -> &crate::config::ModelSpec {
+    pub(crate) fn model(&self, i: usize) -> &crate::config::ModelSpec {
         &self.config.models.models[self.models[i]]
     }
 }

@@ -143,7 +143,11 @@ fn neutral_number(obj: &Map<String, Value>, key: &str, neutral: f64) -> Result<(
 
 /// Reads a chat/completions request for model `model` into the backend's request; parameters
 /// left out take `defaults` (the model's models.toml values).
-pub(crate) fn parse_chat(body: &[u8], model: &str, defaults: &GenParams) -> Result<Request, ApiError> {
+pub(crate) fn parse_chat(
+    body: &[u8],
+    model: &str,
+    defaults: &GenParams,
+) -> Result<Request, ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad(
             None,

@@ -16,7 +16,7 @@ use crate::kinds::UpdateMode;
 /// What happened to a case's snapshot.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
-pub enum SnapshotStatus {
+pub(crate) enum SnapshotStatus {
     /// Same as the accepted snapshot.
     Matched,
     /// No snapshot existed; this answer was written and accepted.
@@ -35,7 +35,7 @@ pub enum SnapshotStatus {
 
 impl SnapshotStatus {
     /// Whether this status fails the case (before `INSTA_FORCE_PASS`).
-    pub fn fails(&self) -> bool {
+    pub(crate) fn fails(&self) -> bool {
         matches!(
             self,
             SnapshotStatus::New | SnapshotStatus::Changed { .. } | SnapshotStatus::Missing
@@ -45,14 +45,14 @@ impl SnapshotStatus {
 
 /// Where and how snapshots are kept for this run.
 #[derive(Debug, Clone)]
-pub struct Snapshots {
+pub(crate) struct Snapshots {
     pub dir: PathBuf,
     pub mode: UpdateMode,
     pub ci: bool,
 }
 
 /// The metadata written in a snapshot's header.
-pub struct Meta<'a> {
+pub(crate) struct Meta<'a> {
     /// The suite file, relative to the crate root.
     pub source: &'a str,
     /// The question(s), shown by `cargo insta review`.
@@ -61,7 +61,7 @@ pub struct Meta<'a> {
 
 impl Snapshots {
     /// The accepted snapshot's path for a test.
-    pub fn path(&self, model: &str, suite: &str, case: &str) -> PathBuf {
+    pub(crate) fn path(&self, model: &str, suite: &str, case: &str) -> PathBuf {
         self.dir.join(format!("{model}__{suite}__{case}.snap"))
     }
 
@@ -74,7 +74,7 @@ impl Snapshots {
     }
 
     /// Compares `content` with the accepted snapshot, writing files as the update mode says.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         path: &Path,
         meta: &Meta,
@@ -133,7 +133,7 @@ impl Snapshots {
 
 /// A snapshot file that cannot be read, parsed or written.
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub(crate) enum SnapshotError {
     #[error(
         "snapshot {} is not in insta's format (expected a `---` header); delete it to record it again",
         .0.display()
@@ -149,7 +149,7 @@ pub enum SnapshotError {
 }
 
 /// `x.snap` → `x.snap.new`.
-pub fn pending_path(path: &Path) -> PathBuf {
+pub(crate) fn pending_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".new");
     PathBuf::from(s)

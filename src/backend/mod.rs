@@ -167,7 +167,7 @@ fn load_guarded(
 
 /// Measurements taken around a model's load and use.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct LoadStats {
+pub(crate) struct LoadStats {
     pub load_s: Option<f64>,
     /// Growth of this process's resident memory across the load (in-process models).
     pub memory_growth_bytes: Option<i64>,
@@ -180,13 +180,13 @@ pub struct LoadStats {
 
 /// A counting semaphore: how many in-process models are loaded at once, how many requests a
 /// model has in flight.
-pub struct Semaphore {
+pub(crate) struct Semaphore {
     free: Mutex<usize>,
     cv: Condvar,
 }
 
 impl Semaphore {
-    pub fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         Self {
             free: Mutex::new(n.max(1)),
             cv: Condvar::new(),
@@ -194,14 +194,14 @@ impl Semaphore {
     }
 
     /// Waits for a permit; it is returned when the guard is dropped.
-    pub fn acquire(&self) -> Permit<'_> {
+    pub(crate) fn acquire(&self) -> Permit<'_> {
         self.take();
         Permit(self)
     }
 
     /// Waits for a permit that owns a handle on the semaphore, so it can be kept in a struct;
     /// it is returned when dropped (also when a panic unwinds past it).
-    pub fn acquire_owned(self: &Arc<Self>) -> OwnedPermit {
+    pub(crate) fn acquire_owned(self: &Arc<Self>) -> OwnedPermit {
         self.take();
         OwnedPermit(self.clone())
     }
@@ -221,7 +221,7 @@ impl Semaphore {
 }
 
 /// A permit of a [`Semaphore`], given back on drop.
-pub struct Permit<'a>(&'a Semaphore);
+pub(crate) struct Permit<'a>(&'a Semaphore);
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
@@ -230,7 +230,7 @@ impl Drop for Permit<'_> {
 }
 
 /// A permit of a shared [`Semaphore`], given back on drop.
-pub struct OwnedPermit(Arc<Semaphore>);
+pub(crate) struct OwnedPermit(Arc<Semaphore>);
 
 impl Drop for OwnedPermit {
     fn drop(&mut self) {
@@ -251,10 +251,10 @@ enum SlotState {
 }
 
 /// How a slot builds its backend ([`load`] in a run; tests give others).
-pub type Loader = fn(&ModelSpec, &Path) -> Result<Arc<dyn Backend>, LoadError>;
+pub(crate) type Loader = fn(&ModelSpec, &Path) -> Result<Arc<dyn Backend>, LoadError>;
 
 /// One model of the run: loaded on first use, dropped after its last user.
-pub struct ModelSlot {
+pub(crate) struct ModelSlot {
     loader: Loader,
     pub spec: ModelSpec,
     /// The run's output directory (managed servers write their logs under it).
@@ -273,12 +273,12 @@ pub struct ModelSlot {
 }
 
 impl ModelSlot {
-    pub fn new(spec: ModelSpec, resident: Arc<Semaphore>, out: &Path) -> Self {
+    pub(crate) fn new(spec: ModelSpec, resident: Arc<Semaphore>, out: &Path) -> Self {
         Self::with_loader(spec, resident, out, load)
     }
 
     /// A slot whose backend `loader` builds.
-    pub fn with_loader(
+    pub(crate) fn with_loader(
         spec: ModelSpec,
         resident: Arc<Semaphore>,
         out: &Path,
@@ -301,18 +301,18 @@ impl ModelSlot {
     }
 
     /// Sets whether missing weights may be downloaded on first use (default: `auto`).
-    pub fn with_fetch(mut self, fetch: crate::config::Fetch) -> Self {
+    pub(crate) fn with_fetch(mut self, fetch: crate::config::Fetch) -> Self {
         self.fetch = fetch;
         self
     }
 
     /// Declares how many trials of this run will use the model; it is dropped after the last.
-    pub fn set_users(&self, n: usize) {
+    pub(crate) fn set_users(&self, n: usize) {
         self.users_left.store(n, Ordering::SeqCst);
     }
 
     /// The loaded backend, loading it on first use.
-    pub fn get(&self) -> Result<Arc<dyn Backend>, LoadError> {
+    pub(crate) fn get(&self) -> Result<Arc<dyn Backend>, LoadError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match &*state {
             SlotState::Loaded { backend, .. } => return Ok(backend.clone()),
@@ -371,7 +371,7 @@ impl ModelSlot {
 
     /// The model's fingerprint, computed on first use (it may hash local weight files; it never
     /// loads them).
-    pub fn fingerprint(&self) -> &fingerprint::Fingerprint {
+    pub(crate) fn fingerprint(&self) -> &fingerprint::Fingerprint {
         self.fingerprint.get_or_init(|| {
             self.stats_changed.store(true, Ordering::SeqCst);
             fingerprint::of(&self.spec)
@@ -379,19 +379,19 @@ impl ModelSlot {
     }
 
     /// The fingerprint, if it was computed.
-    pub fn fingerprint_if_known(&self) -> Option<&fingerprint::Fingerprint> {
+    pub(crate) fn fingerprint_if_known(&self) -> Option<&fingerprint::Fingerprint> {
         self.fingerprint.get()
     }
 
     /// The load figures, when they changed since the last call.
-    pub fn take_changed_stats(&self) -> Option<LoadStats> {
+    pub(crate) fn take_changed_stats(&self) -> Option<LoadStats> {
         self.stats_changed
             .swap(false, Ordering::SeqCst)
             .then(|| self.stats())
     }
 
     /// Samples memory while the model is in use, at most every 200 ms.
-    pub fn sample_memory(&self) {
+    pub(crate) fn sample_memory(&self) {
         let now = self.created.elapsed().as_millis() as u64;
         let last = self.last_sample_ms.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < 200 {
@@ -418,7 +418,7 @@ impl ModelSlot {
     }
 
     /// One user is done; the last one drops the model.
-    pub fn release_one(&self) {
+    pub(crate) fn release_one(&self) {
         let prev = self
             .users_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -431,7 +431,7 @@ impl ModelSlot {
     }
 
     /// Drops the model now (end of its trials, or end of the run).
-    pub fn unload(&self) {
+    pub(crate) fn unload(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let SlotState::Loaded { backend, .. } = &*state {
             // A managed server's peak, read before it is stopped: a run shorter than the
@@ -449,13 +449,13 @@ impl ModelSlot {
         }
     }
 
-    pub fn stats(&self) -> LoadStats {
+    pub(crate) fn stats(&self) -> LoadStats {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
 /// A user of a model slot for the length of a trial; released on drop, even on panic.
-pub struct SlotUse<'a>(pub &'a ModelSlot);
+pub(crate) struct SlotUse<'a>(pub &'a ModelSlot);
 
 impl Drop for SlotUse<'_> {
     fn drop(&mut self) {

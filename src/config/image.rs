@@ -58,7 +58,7 @@ impl Image {
     /// An image received as bytes rather than read from a suite's folder (`vlmtest serve`
     /// decodes the `data:` URLs of requests into it); `shown` names it in messages. Refused
     /// unless its header decodes as PNG, JPEG, GIF, WebP or BMP with a non-zero size.
-    pub fn from_bytes(bytes: Vec<u8>, shown: String) -> Result<Image, ImageError> {
+    pub(crate) fn from_bytes(bytes: Vec<u8>, shown: String) -> Result<Image, ImageError> {
         let undecodable = |why: String| ImageError::Undecodable {
             shown: shown.clone(),
             why,

@@ -92,12 +92,12 @@ fn truthy(v: &str) -> bool {
 
 impl Env {
     /// Reads the process environment.
-    pub fn from_process() -> Result<Env, ConfigError> {
+    pub(crate) fn from_process() -> Result<Env, ConfigError> {
         Env::from_vars(|k| std::env::var(k).ok())
     }
 
     /// Reads settings through `get` (the process environment, or a map in tests).
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Env, ConfigError> {
+    pub(crate) fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Env, ConfigError> {
         let root = get("CARGO_MANIFEST_DIR")
             .map(PathBuf::from)
             .or_else(|| std::env::current_dir().ok())

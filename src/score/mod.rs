@@ -45,7 +45,7 @@ pub enum Rule {
 }
 
 /// The simple normalisation: trimmed, lowercase, trailing punctuation removed.
-pub fn normalize(s: &str) -> String {
+pub(crate) fn normalize(s: &str) -> String {
     s.trim()
         .to_lowercase()
         .trim_end_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
@@ -229,7 +229,7 @@ impl fmt::Display for Rule {
 
 /// "Simple accuracy", as the hand-written comparison scripts computed it: does the answer contain
 /// one of the human answers (after the VQA normalisation, as a whole word or phrase)?
-pub fn simple_match(answers: &[String], prediction: &str) -> bool {
+pub(crate) fn simple_match(answers: &[String], prediction: &str) -> bool {
     let pred = format!(" {} ", vqa::normalize(prediction));
     answers.iter().any(|a| {
         let a = vqa::normalize(a);

@@ -40,7 +40,7 @@ impl Checkpoint {
 
     /// Opens `dir` with the tokenizer file `tokenizer` (one from another repo, as models.toml's
     /// `tokenizer` / `tokenizer_repo` name it).
-    pub fn open_with_tokenizer(
+    pub(crate) fn open_with_tokenizer(
         dir: &Path,
         tokenizer: &Path,
         dtype: DType,
@@ -56,13 +56,18 @@ impl Checkpoint {
     }
 
     /// The tokens that end an answer, as transformers' `generate()` finds them.
-    pub fn stop_tokens(&self) -> Result<Vec<u32>> {
+    pub(crate) fn stop_tokens(&self) -> Result<Vec<u32>> {
         super::eos::stop_tokens(&self.dir)
     }
 
     /// The image token's id: config.json's (`key`, read into `from_config`), else the
     /// tokenizer's `token`.
-    pub fn image_token(&self, key: &str, from_config: Option<u32>, token: &str) -> Result<u32> {
+    pub(crate) fn image_token(
+        &self,
+        key: &str,
+        from_config: Option<u32>,
+        token: &str,
+    ) -> Result<u32> {
         from_config
             .or_else(|| self.tokenizer.token_to_id(token))
             .ok_or_else(|| {
@@ -73,12 +78,12 @@ impl Checkpoint {
     }
 
     /// For `map_err` on the loading of tensors: the weights do not match config.json.
-    pub fn weights_error(&self) -> impl Fn(candle_core::Error) -> Error + 'static {
+    pub(crate) fn weights_error(&self) -> impl Fn(candle_core::Error) -> Error + 'static {
         self.weights_error_against("config.json")
     }
 
     /// As [`Checkpoint::weights_error`], naming what the weights were read against.
-    pub fn weights_error_against(
+    pub(crate) fn weights_error_against(
         &self,
         against: &'static str,
     ) -> impl Fn(candle_core::Error) -> Error + 'static {

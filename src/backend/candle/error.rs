@@ -124,7 +124,7 @@ impl Error {
     }
 
     /// A closure for `map_err` that names a failed tensor operation ([`Error::Tensor`]).
-    pub fn tensor(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
+    pub(crate) fn tensor(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
         move |source| Error::Tensor { what, source }
     }
 }

@@ -65,16 +65,16 @@ fn d_act() -> String {
 }
 
 impl LlamaConfig {
-    pub fn head_dim(&self) -> usize {
+    pub(crate) fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    pub fn kv_heads(&self) -> usize {
+    pub(crate) fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
-    pub fn theta(&self) -> f64 {
+    pub(crate) fn theta(&self) -> f64 {
         self.rope_theta
             .or_else(|| {
                 self.rope_parameters

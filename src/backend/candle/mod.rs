@@ -75,7 +75,7 @@ pub trait Vlm: Send {
 
 /// Refuses sizes read from a model's config that the code cannot work with (a 0 would divide by
 /// zero or build empty tensors), naming the file and the key.
-pub fn check_sizes(file: &str, sizes: &[(&str, usize)]) -> Result<()> {
+pub(crate) fn check_sizes(file: &str, sizes: &[(&str, usize)]) -> Result<()> {
     match sizes.iter().find(|(_, v)| *v == 0) {
         Some((key, _)) => Err(Error::invalid(
             file,
@@ -86,7 +86,7 @@ pub fn check_sizes(file: &str, sizes: &[(&str, usize)]) -> Result<()> {
 }
 
 /// Reads a config or tokenizer file of a model folder, naming the file on failure.
-pub fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T> {
     let path = dir.join(name);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -97,7 +97,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Resu
 
 /// The safetensors files of a model folder: `model.safetensors`, or the shards named by
 /// `model.safetensors.index.json`.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok(vec![single]);
@@ -221,7 +221,7 @@ pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
 }
 
 /// A `tokenizer.json` file, wherever it is.
-pub fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer> {
+pub(crate) fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer> {
     tokenizers::Tokenizer::from_file(path).map_err(|source| Error::Tokenizer {
         path: path.to_path_buf(),
         source,
@@ -274,7 +274,7 @@ pub fn resize_rgb(
 
 /// Appends `img` channel-first as the Hugging Face image processors make it: each value times
 /// `rescale` (computed in f64, stored as f32), then `(v - mean) / std` per channel.
-pub fn push_chw(
+pub(crate) fn push_chw(
     img: &image::RgbImage,
     rescale: Option<f64>,
     normalize: Option<(&[f32], &[f32])>,
@@ -298,7 +298,7 @@ pub fn push_chw(
 /// Puts the image features into the text: the embedding at each `image_token` position is
 /// replaced by the next row of `features`, in order, as transformers' models merge them.
 /// `embeds` is `[n, hidden]`, `features` `[m, hidden]`; the result is `[n, hidden]`.
-pub fn splice_images(
+pub(crate) fn splice_images(
     embeds: &Tensor,
     ids: &[u32],
     image_token: u32,

@@ -108,7 +108,7 @@ fn py_space(c: char) -> bool {
 }
 
 /// transformers' `clean_up_tokenization` (spaces before punctuation and English contractions).
-pub fn clean_up_tokenization(s: &str) -> String {
+pub(crate) fn clean_up_tokenization(s: &str) -> String {
     s.replace(" .", ".")
         .replace(" ?", "?")
         .replace(" !", "!")
@@ -123,7 +123,7 @@ pub fn clean_up_tokenization(s: &str) -> String {
 
 /// `re.sub("<$|<END$", "", s).strip()`: `$` matches at the end and before a final `\n`; the two
 /// alternatives cannot both match, so at most one piece is removed.
-pub fn strip_end_marker(s: &str) -> String {
+pub(crate) fn strip_end_marker(s: &str) -> String {
     let (body, tail) = match s.strip_suffix('\n') {
         Some(b) if b.ends_with('<') || b.ends_with("<END") => (b, "\n"),
         _ => (s, ""),
@@ -163,7 +163,7 @@ impl Moondream {
 
     /// As [`Moondream::load`], with `tokenizer` (a `tokenizer.json`, models.toml's `tokenizer` or
     /// `tokenizer_repo`) instead of the folder's own when given.
-    pub fn load_with_tokenizer(
+    pub(crate) fn load_with_tokenizer(
         dir: &Path,
         tokenizer: Option<&Path>,
         dtype: DType,

@@ -43,11 +43,11 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 /// The side of the square image the vision tower takes.
 pub const SIDE: usize = 378;
 /// The patch side.
-pub const PATCH: usize = 14;
+pub(crate) const PATCH: usize = 14;
 /// Patches per image (27 × 27), i.e. image embeddings in the prompt.
-pub const IMAGE_TOKENS: usize = (SIDE / PATCH) * (SIDE / PATCH);
+pub(crate) const IMAGE_TOKENS: usize = (SIDE / PATCH) * (SIDE / PATCH);
 /// The head size of the vision tower's attention (SigLIP so400m: 1152 / 16 heads).
-pub const VISION_HEAD_SIZE: usize = 72;
+pub(crate) const VISION_HEAD_SIZE: usize = 72;
 /// timm's ViT LayerNorm epsilon.
 const VISION_EPS: f64 = 1e-6;
 
@@ -218,7 +218,7 @@ impl TextConfig {
         Ok(c)
     }
 
-    pub fn head_size(&self) -> usize {
+    pub(crate) fn head_size(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
 
@@ -612,7 +612,7 @@ impl Model {
     }
 
     /// `[b, 3, 378, 378]` pixels to `[b, 729, hidden]` image embeddings.
-    pub fn encode_image(&self, px: &Tensor) -> Result<Tensor> {
+    pub(crate) fn encode_image(&self, px: &Tensor) -> Result<Tensor> {
         self.vision.forward(px)
     }
 

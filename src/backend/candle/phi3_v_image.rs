@@ -34,7 +34,7 @@ use image::RgbImage;
 use crate::resample::Filter;
 
 /// The reference's crop size (hard-coded there: CLIP ViT-L/14-336's input).
-pub const CROP: usize = 336;
+pub(crate) const CROP: usize = 336;
 
 /// One image made ready for the model.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ fn transpose(img: &RgbImage) -> RgbImage {
 }
 
 /// `HD_transform`: the resized, white-padded image, its sides multiples of 336.
-pub fn hd_transform(img: &RgbImage, num_crops: usize) -> super::Result<RgbImage> {
+pub(crate) fn hd_transform(img: &RgbImage, num_crops: usize) -> super::Result<RgbImage> {
     let transposed = img.width() < img.height();
     let img = if transposed {
         transpose(img)
@@ -147,7 +147,7 @@ fn cubic_axis(input: usize, output: usize) -> Vec<([usize; 4], [f32; 4])> {
 
 /// `torch.nn.functional.interpolate(x, size=(oh, ow), mode="bicubic", align_corners=False)` of
 /// one `[3, h, w]` image, with PyTorch's order of f32 operations.
-pub fn bicubic_resize(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
+pub(crate) fn bicubic_resize(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
     let ys = cubic_axis(h, oh);
     let xs = cubic_axis(w, ow);
     let mut out = Vec::with_capacity(3 * oh * ow);

@@ -8,12 +8,12 @@ use image::RgbImage;
 use super::{Error, Result};
 
 /// The placeholder chat templates write for an image.
-pub const IMAGE: &str = "<image>";
+pub(crate) const IMAGE: &str = "<image>";
 
 /// Replaces each [`IMAGE`] of `prompt` with what `expand` makes of the image in its place;
 /// returns the text and what `expand` returned for each image, in order. Refuses a prompt
 /// whose placeholders do not match the images one for one.
-pub fn expand_images<T>(
+pub(crate) fn expand_images<T>(
     prompt: &str,
     images: &[RgbImage],
     mut expand: impl FnMut(&RgbImage) -> (String, T),

@@ -232,7 +232,7 @@ impl Module for QLinear {
 /// 16 for q8_0 on x86 without VNNI (measured crossover on AVX2: 8–32 rows), and for q4k weights
 /// whose output count is not a multiple of 16 (candle's tiled q4k kernel needs it); otherwise
 /// never.
-pub fn dequantize_above(format: Format, out: usize) -> usize {
+pub(crate) fn dequantize_above(format: Format, out: usize) -> usize {
     const ROWS: usize = 16;
     match format {
         Format::Q8_0
@@ -315,14 +315,14 @@ fn dequantize_rows<T: GgmlType>(bytes: &[u8], width: usize) -> Result<Vec<f32>> 
 
 /// A token embedding table, dense or quantized (a lookup dequantizes the rows it picks).
 #[derive(Debug, Clone)]
-pub enum QEmbedding {
+pub(crate) enum QEmbedding {
     Dense(Embedding),
     Quantized(Arc<QTensor>, Format),
 }
 
 impl QEmbedding {
     /// The embeddings of `ids` (any shape), `[..., hidden]`.
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         match self {
             QEmbedding::Dense(e) => e.forward(ids),
             QEmbedding::Quantized(t, _) => t.embedding(ids),
@@ -451,11 +451,16 @@ impl Quantizer {
         } else {
             None
         };
-        self.from_weight(w, b, &format!("{}.weight", vb.prefix()))
+        self.linear_of(w, b, &format!("{}.weight", vb.prefix()))
     }
 
     /// A linear layer from tensors already loaded (`weight` `[out, in]`).
-    pub fn from_weight(&self, weight: Tensor, bias: Option<Tensor>, name: &str) -> Result<QLinear> {
+    pub(crate) fn linear_of(
+        &self,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        name: &str,
+    ) -> Result<QLinear> {
         match self.quantize(&weight, name)? {
             Some((q, format)) => Ok(QLinear::Quantized(Quantized::new(q, format, bias)?)),
             None => Ok(QLinear::Dense(Linear::new(weight, bias))),
@@ -464,13 +469,18 @@ impl Quantizer {
 
     /// A token embedding table `[vocab, hidden]` from `vb` (`weight`), like
     /// `candle_nn::embedding`.
-    pub fn embedding(&self, vocab: usize, hidden: usize, vb: VarBuilder) -> Result<QEmbedding> {
+    pub(crate) fn embedding(
+        &self,
+        vocab: usize,
+        hidden: usize,
+        vb: VarBuilder,
+    ) -> Result<QEmbedding> {
         let w = vb.get((vocab, hidden), "weight")?;
         self.embedding_from(w, &format!("{}.weight", vb.prefix()))
     }
 
     /// A token embedding table from a tensor already loaded.
-    pub fn embedding_from(&self, table: Tensor, name: &str) -> Result<QEmbedding> {
+    pub(crate) fn embedding_from(&self, table: Tensor, name: &str) -> Result<QEmbedding> {
         let hidden = table.dim(1)?;
         match self.quantize(&table, name)? {
             Some((q, format)) => Ok(QEmbedding::Quantized(Arc::new(q), format)),
@@ -479,7 +489,7 @@ impl Quantizer {
     }
 
     /// An LM head tied to the embeddings: the same table, shared, not a copy.
-    pub fn tied_head(&self, embed: &QEmbedding) -> Result<QLinear> {
+    pub(crate) fn tied_head(&self, embed: &QEmbedding) -> Result<QLinear> {
         match embed {
             QEmbedding::Dense(e) => Ok(QLinear::Dense(Linear::new(e.embeddings().clone(), None))),
             QEmbedding::Quantized(t, format) => Ok(QLinear::Quantized(Quantized::shared(
@@ -518,7 +528,7 @@ const ROWS_PER_TASK: usize = 64;
 /// parallel (candle's `QTensor::quantize` runs on one thread: minutes for a 7B model), straight
 /// from the tensor's f32 storage (no copy: at load, memory holds the quantized weights so far
 /// plus one f32 tensor); the blocks are the same, row by row, as `QTensor::quantize` makes.
-pub fn quantize(w: &Tensor, format: Format) -> Result<QTensor> {
+pub(crate) fn quantize(w: &Tensor, format: Format) -> Result<QTensor> {
     let (rows, width) = w.dims2()?;
     if !w.device().is_cpu() {
         return QTensor::quantize(w, format.ggml());
@@ -628,7 +638,7 @@ mod tests {
             // Measured (AVX2): q8_0 0.0075 and 0.0037, q4k 0.046 and 0.050; room for other kernels.
             for (q, tol) in [(Quant::Q8_0, 0.015), (Quant::Q4K, 0.08)] {
                 let qz = Quantizer::new(Some(q));
-                let l = qz.from_weight(w.clone(), Some(b.clone()), "w").unwrap();
+                let l = qz.linear_of(w.clone(), Some(b.clone()), "w").unwrap();
                 let QLinear::Quantized(inner) = &l else {
                     panic!("{q:?} left the layer dense");
                 };

@@ -314,7 +314,7 @@ impl Processor {
     }
 
     /// The text that stands for one processed image in the prompt.
-    pub fn image_prompt(&self, p: &ProcessedImage) -> String {
+    pub(crate) fn image_prompt(&self, p: &ProcessedImage) -> String {
         let img = "<image>".repeat(self.image_seq_len);
         let fake = "<fake_token_around_image>";
         if p.rows == 0 && p.cols == 0 {

@@ -75,7 +75,7 @@ impl ChatTemplate {
         Self::from_source(source, &tok_cfg)
     }
 
-    pub fn from_source(source: String, tokenizer_config: &Value) -> Result<Self> {
+    pub(crate) fn from_source(source: String, tokenizer_config: &Value) -> Result<Self> {
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(

@@ -33,17 +33,17 @@ use std::path::Path;
 use serde::Deserialize;
 
 /// The side of every crop, in pixels (the cropper's own default).
-pub const CROP: usize = 378;
+pub(crate) const CROP: usize = 378;
 /// The side of a patch, in pixels.
-pub const PATCH: usize = 14;
+pub(crate) const PATCH: usize = 14;
 /// Patches per crop side: 27.
-pub const GRID: usize = CROP / PATCH;
+pub(crate) const GRID: usize = CROP / PATCH;
 /// The rotary width of each text attention head (`rope.py`'s fixed `rot_dim`).
-pub const ROT_DIM: usize = 32;
+pub(crate) const ROT_DIM: usize = 32;
 /// The text head size the rotary code allows.
-pub const HEAD_DIM: usize = 2 * ROT_DIM;
+pub(crate) const HEAD_DIM: usize = 2 * ROT_DIM;
 /// The context the reference's masks are built for.
-pub const MAX_CONTEXT: usize = 2048;
+pub(crate) const MAX_CONTEXT: usize = 2048;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -58,7 +58,7 @@ impl Crops {
 
 /// Rounds an f32 to the nearest bfloat16 (ties to even), returned as f32: what PyTorch stores
 /// after each operation on a bf16 tensor (computed in f32, then rounded).
-pub fn round_bf16(x: f32) -> f32 {
+pub(crate) fn round_bf16(x: f32) -> f32 {
     let bits = x.to_bits();
     if x.is_nan() {
         return x;
@@ -83,7 +83,7 @@ pub fn pixel_lut() -> [f32; 256] {
 
 /// `select_tiling`: how many crops (rows, columns) cover an image of `height` × `width` pixels
 /// (already without margins) with windows of `window` pixels, at most `max_crops` of them.
-pub fn select_tiling(
+pub(crate) fn select_tiling(
     height: usize,
     width: usize,
     window: usize,
@@ -117,7 +117,7 @@ pub fn select_tiling(
 }
 
 /// `overlap_crop_image` (Pillow branch): the global crop and the overlapping local crops of `img`.
-pub fn overlap_crops(img: &RgbImage, max_crops: usize, overlap_margin: usize) -> Crops {
+pub(crate) fn overlap_crops(img: &RgbImage, max_crops: usize, overlap_margin: usize) -> Crops {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let margin = PATCH * overlap_margin;
     let window = (GRID - 2 * overlap_margin) * PATCH;
@@ -154,7 +154,7 @@ pub fn overlap_crops(img: &RgbImage, max_crops: usize, overlap_margin: usize) ->
 /// One tile's part of the stitched grid: the tile's patch rows `rows` and columns `cols` go to
 /// the grid at (`at_row`, `at_col`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Piece {
+pub(crate) struct Piece {
     pub rows: std::ops::Range<usize>,
     pub cols: std::ops::Range<usize>,
     pub at_row: usize,
@@ -163,7 +163,7 @@ pub struct Piece {
 
 /// `reconstruct_from_crops` in patch units: for each local crop (row-major), the part it keeps;
 /// and the stitched grid's (height, width) = `19 × tiles + 8` per side for the defaults.
-pub fn stitch_layout(
+pub(crate) fn stitch_layout(
     tiling: (usize, usize),
     overlap_margin: usize,
 ) -> (Vec<Piece>, (usize, usize)) {
@@ -190,7 +190,7 @@ pub fn stitch_layout(
 
 /// PyTorch's `adaptive_avg_pool` bins for `n` inputs pooled to `out` outputs:
 /// `[⌊i·n/out⌋, ⌈(i+1)·n/out⌉)`.
-pub fn pool_bins(n: usize, out: usize) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn pool_bins(n: usize, out: usize) -> Vec<std::ops::Range<usize>> {
     (0..out)
         .map(|i| (i * n / out)..((i + 1) * n).div_ceil(out))
         .collect()
@@ -198,7 +198,7 @@ pub fn pool_bins(n: usize, out: usize) -> Vec<std::ops::Range<usize>> {
 
 /// The pooling as a matrix `[out, n]` (each row averages its bin), so that pooling a grid is
 /// two matrix products.
-pub fn pool_matrix(n: usize, out: usize) -> Vec<f32> {
+pub(crate) fn pool_matrix(n: usize, out: usize) -> Vec<f32> {
     let mut m = vec![0f32; out * n];
     for (i, bin) in pool_bins(n, out).into_iter().enumerate() {
         let w = 1.0 / bin.len() as f32;

@@ -50,7 +50,7 @@ use super::{Checkpoint, Error, Prefill, Result, Vlm, decode_image};
 use crate::backend::Request;
 
 /// The tensor only the 2025 layout has.
-pub const LAYOUT_KEY: &str = "model.vision.patch_emb.weight";
+pub(crate) const LAYOUT_KEY: &str = "model.vision.patch_emb.weight";
 
 /// What a prompt asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -66,7 +66,7 @@ pub struct Text {
 
 /// `precompute_freqs_cis(32, n)` of `rope.py`, in f32 as the reference computes it: the cosines
 /// and sines `[n, 16]` of `t · θ^(−2i/32)`.
-pub fn rotary_tables(n: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+pub(crate) fn rotary_tables(n: usize, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = ROT_DIM / 2;
     let freqs: Vec<f32> = (0..half)
         .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / ROT_DIM as f32))
