@@ -1126,8 +1126,13 @@ fn bench() -> Result<(), String> {
     let run_id = std::fs::read_to_string(dir.join("out/run-id"))
         .map_err(|e| format!("out/run-id after the full runs: {e}"))?;
     let one = ["--exact", first_case.as_str()];
-    let nextest_run = |id: &str, what: &str| -> Result<Outcome, String> {
-        let o = sandbox.run_env("suites", &unused_snapshots, &one, &[("NEXTEST_RUN_ID", id)])?;
+    let nextest_run_with = |id: &str, report: &str, what: &str| -> Result<Outcome, String> {
+        let o = sandbox.run_env(
+            "suites",
+            &unused_snapshots,
+            &one,
+            &[("NEXTEST_RUN_ID", id), ("VLMTEST_REPORT", report)],
+        )?;
         if o.code != Some(0) || o.passed() != Some(1) {
             return Err(format!(
                 "{what}: expected exit code 0 and 1 passed\n{}",
@@ -1136,7 +1141,9 @@ fn bench() -> Result<(), String> {
         }
         Ok(o)
     };
+    let nextest_run = |id: &str, what: &str| nextest_run_with(id, "each", what);
     let mut nextest_full = Series::default();
+    let mut nextest_deferred = Series::default();
     let mut nextest_empty = Series::default();
     for rep in 0..warmups + runs {
         let o = nextest_run(run_id.trim(), "one trial after the run's records")?;
@@ -1151,6 +1158,17 @@ fn bench() -> Result<(), String> {
             "one trial after the run's records: cases.jsonl has {records} lines, expected at least {case_trials}"
         ));
     }
+    // The same process with VLMTEST_REPORT=defer: it appends its record and renders nothing.
+    for rep in 0..warmups + runs {
+        let o = nextest_run_with(
+            run_id.trim(),
+            "defer",
+            "one deferred trial after the records",
+        )?;
+        if rep >= warmups {
+            nextest_deferred.push(o.wall.as_secs_f64());
+        }
+    }
     for rep in 0..warmups + runs {
         // A new run id: the process starts the run's records afresh.
         let o = nextest_run(&format!("bench-empty-{rep}"), "one trial, no records")?;
@@ -1159,8 +1177,9 @@ fn bench() -> Result<(), String> {
         }
     }
     eprintln!(
-        "  nextest-style process: {:.3} s after {records} records, {:.3} s with none",
+        "  nextest-style process: {:.3} s after {records} records ({:.3} s deferred), {:.3} s with none",
         nextest_full.median(),
+        nextest_deferred.median(),
         nextest_empty.median()
     );
 
@@ -1180,7 +1199,7 @@ fn bench() -> Result<(), String> {
         "full": format!("{cmd_env} VLMTEST_SUITES=$D/suites VLMTEST_SNAPSHOTS=$D/snapshots-unused {BIN} run -- --test-threads {THREADS}"),
         "snapshots": format!("{cmd_env} VLMTEST_SUITES=$D/suites-snap VLMTEST_SNAPSHOTS=$D/snapshots-<run> {BIN} run -- --test-threads {THREADS}"),
         "reference": format!("in-process: one reqwest::blocking::Client, {THREADS} threads, POST {chat_url} with the same {requests} bodies, each case's turns in order"),
-        "nextest": format!("NEXTEST_RUN_ID=<$D/out/run-id, or a new id for no records> {cmd_env} VLMTEST_SUITES=$D/suites VLMTEST_SNAPSHOTS=$D/snapshots-unused {BIN} run -- --exact {first_case}"),
+        "nextest": format!("NEXTEST_RUN_ID=<$D/out/run-id, or a new id for no records> VLMTEST_REPORT=<each|defer> {cmd_env} VLMTEST_SUITES=$D/suites VLMTEST_SNAPSHOTS=$D/snapshots-unused {BIN} run -- --exact {first_case}"),
     });
 
     let mut t = String::new();
@@ -1338,6 +1357,13 @@ fn bench() -> Result<(), String> {
     );
     row(
         &mut t,
+        "e. the same, VLMTEST_REPORT=defer",
+        &nextest_deferred,
+        "s",
+        1.0,
+    );
+    row(
+        &mut t,
         "e. one-trial process, no records",
         &nextest_empty,
         "s",
@@ -1403,7 +1429,7 @@ fn bench() -> Result<(), String> {
             "cache_write_run_s": cache_write_s.json(),
             "cache_write_overhead_per_case_us": per_case_us(cache_write_s.median()),
             "cache_replay_run_s": cache_read_s.json(),
-            "nextest_one_trial_s": {"after_records": nextest_full.json(), "records": records, "no_records": nextest_empty.json()},
+            "nextest_one_trial_s": {"after_records": nextest_full.json(), "after_records_deferred": nextest_deferred.json(), "records": records, "no_records": nextest_empty.json()},
             "peak_rss_bytes": {"list": list_rss.json(), "full_run": full_rss.json(), "snapshot_run": snap_rss.json()},
             "server_busy_s": {"reference": ref_busy.json(), "full_run": full_busy.json(), "snapshot_run": snap_busy.json()},
             "bodies_identical": bodies_identical,

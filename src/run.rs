@@ -144,7 +144,8 @@ impl Run {
             ci: env.ci,
         };
         let shared = std::env::var_os("NEXTEST_RUN_ID").is_some();
-        let recorder = Recorder::new(&env.out, run_facts(&plan), shared);
+        let recorder = Recorder::new(&env.out, run_facts(&plan), shared)
+            .deferring(shared && env.report == crate::config::ReportMode::Defer);
         let recordings = (0..plan.models.len())
             .map(|i| {
                 (env.cache != CacheMode::Off)

@@ -575,6 +575,63 @@ fn processes_of_one_nextest_run_share_the_report() {
     assert_eq!(p.report()["cases"].as_array().unwrap().len(), 1);
 }
 
+/// `VLMTEST_REPORT=defer`: the processes of a nextest run only append their records (no process
+/// reads the others' or renders anything), and `vlmtest report` writes every report once after
+/// the run, the same as the processes would have left.
+#[test]
+fn a_deferred_nextest_run_leaves_the_reports_to_vlmtest_report() {
+    let server = basic_server();
+    let p = Project::new();
+    p.suite("basic", BASIC).models(&server, &[("m1", "")]);
+    let out = p.path("target/vlmtest");
+    let env = [("NEXTEST_RUN_ID", "run-d"), ("VLMTEST_REPORT", "defer")];
+    for case in ["horse", "legs", "capital"] {
+        let r = p.run(&["--exact", &format!("m1::basic::{case}")], &env);
+        assert!(r.stdout.contains("test result"), "{}", r.all());
+        for f in ["report.json", "report.md", "junit.xml", "report.html"] {
+            assert!(!out.join(f).exists(), "{f} written by a deferred process");
+        }
+    }
+    let records = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
+    assert_eq!(records.lines().count(), 3, "{records}");
+
+    let rendered = std::process::Command::new(env!("CARGO_BIN_EXE_vlmtest"))
+        .args(["report", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let cases: Vec<String> = p.report()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cases, ["capital", "horse", "legs"]);
+    for f in ["report.md", "junit.xml", "report.html"] {
+        assert!(out.join(f).is_file(), "{f} not rendered");
+    }
+
+    // Outside nextest (one process) the run writes its reports at its end, deferred or not.
+    std::fs::remove_file(out.join("report.json")).unwrap();
+    let r = p.run(&[], &[("VLMTEST_REPORT", "defer")]);
+    assert!(r.stdout.contains("test result"), "{}", r.all());
+    assert_eq!(p.report()["cases"].as_array().unwrap().len(), 3);
+
+    let bad = p.run(&[], &[("VLMTEST_REPORT", "later")]);
+    assert!(!bad.stdout.contains("test result"), "{}", bad.all());
+    assert!(
+        bad.all()
+            .contains("VLMTEST_REPORT=`later` is not understood (expected one of: each, defer)"),
+        "{}",
+        bad.all()
+    );
+}
+
 #[test]
 fn an_interrupted_run_keeps_what_finished() {
     let server = Server::start(|seen| {

@@ -31,6 +31,18 @@ pub enum GateMode {
     Defer,
 }
 
+/// When the processes of a cargo-nextest run write the reports (`VLMTEST_REPORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReportMode {
+    /// Every process leaves complete reports of the run so far (each one reads all of the run's
+    /// records: quadratic over a long nextest run).
+    #[default]
+    Each,
+    /// Under cargo-nextest, a process only appends its records; `vlmtest report` writes the
+    /// reports once, after the run. A run in one process writes them at its end as always.
+    Defer,
+}
+
 /// `VLMTEST_FETCH`: whether a run may download an in-process model's missing weights into the
 /// Hugging Face cache when the model is first used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +84,8 @@ pub struct Env {
     /// `VLMTEST_MALLOC` as written (`None`: unset, the harness decides).
     pub malloc: Option<crate::machine::Allocator>,
     pub gates: GateMode,
+    /// `VLMTEST_REPORT`.
+    pub report: ReportMode,
     /// `VLMTEST_CACHE` and `VLMTEST_CACHE_DIR` (default `recordings/` at the crate root).
     pub cache: crate::kinds::CacheMode,
     pub cache_dir: PathBuf,
@@ -146,6 +160,13 @@ impl Env {
                 return Err(EnvError::new("VLMTEST_GATES", other, &["eval", "defer"]).into());
             }
         };
+        let report = match get("VLMTEST_REPORT").as_deref().map(str::trim) {
+            None | Some("") | Some("each") => ReportMode::Each,
+            Some("defer") => ReportMode::Defer,
+            Some(other) => {
+                return Err(EnvError::new("VLMTEST_REPORT", other, &["each", "defer"]).into());
+            }
+        };
         let cache = crate::kinds::CacheMode::parse(&get("VLMTEST_CACHE").unwrap_or_default())?;
         let fetch = Fetch::parse(get("VLMTEST_FETCH").as_deref())?;
         let served = served::parse(&get("VLMTEST_SERVED").unwrap_or_default())?;
@@ -154,6 +175,7 @@ impl Env {
             cache_dir: path("VLMTEST_CACHE_DIR", "recordings"),
             baselines: path("VLMTEST_BASELINES", "baselines"),
             gates,
+            report,
             malloc,
             fetch,
             served,

@@ -510,6 +510,9 @@ pub(crate) struct Recorder {
     facts: RunFacts,
     /// Several processes write the records of one run (cargo-nextest).
     shared: bool,
+    /// Only the records are written; `vlmtest report` renders them after the run
+    /// (`VLMTEST_REPORT=defer` under cargo-nextest).
+    deferred: bool,
     inner: Mutex<Inner>,
 }
 
@@ -523,6 +526,7 @@ impl Recorder {
             out: out.to_path_buf(),
             facts,
             shared,
+            deferred: false,
             inner: Mutex::new(Inner {
                 opened: false,
                 others: std::collections::HashMap::new(),
@@ -539,6 +543,13 @@ impl Recorder {
                 error: None,
             }),
         }
+    }
+
+    /// Whether this process leaves the reports to `vlmtest report`: it then appends its records
+    /// and reads none of the others' (constant work per process, however long the run).
+    pub(crate) fn deferring(mut self, deferred: bool) -> Recorder {
+        self.deferred = deferred;
+        self
     }
 
     /// A run id for a run in one process: unique per process start.
@@ -753,6 +764,12 @@ impl Recorder {
         if complete {
             facts.finished_at = Some(rfc3339(SystemTime::now()));
             let _ = write_atomic(&self.out.join(RUN), &to_json(&facts));
+        }
+        if self.deferred {
+            return match self.lock().error.take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
         }
         let report = self.snapshot(complete);
         let writes: Vec<Result<(), OutputError>> = report

@@ -340,6 +340,7 @@ impl Project {
             "VLMTEST_CACHE_DIR",
             "VLMTEST_BASELINES",
             "VLMTEST_GATES",
+            "VLMTEST_REPORT",
             "VLMTEST_MALLOC",
             "VLMTEST_FETCH",
             "VLMTEST_SERVED",
