@@ -241,12 +241,13 @@ impl Recording {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(RecordingError::io("create", dir))?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(RecordingError::io("write", &self.path))?;
-        f.lock().map_err(RecordingError::io("lock", &self.path))?;
+        let mut f = lock_current(&self.path, || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+        })
+        .map_err(RecordingError::io("write", &self.path))?;
         let written = f.write_all(line.as_bytes());
         let _ = f.unlock();
         written.map_err(RecordingError::io("write", &self.path))?;
@@ -261,9 +262,8 @@ impl Recording {
         if !self.wrote.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        let lock = File::open(&self.path).map_err(RecordingError::io("open", &self.path))?;
-        lock.lock()
-            .map_err(RecordingError::io("lock", &self.path))?;
+        let lock = lock_current(&self.path, || File::open(&self.path))
+            .map_err(RecordingError::io("open", &self.path))?;
         let mut entries = read_entries(&self.path);
         let mut last: BTreeMap<String, Entry> = BTreeMap::new();
         for e in entries.drain(..) {
@@ -284,6 +284,34 @@ impl Recording {
         let _ = lock.unlock();
         result
     }
+}
+
+/// Opens `path` and takes its exclusive lock, making sure the file locked is still the one at
+/// `path`: [`Recording::compact`] replaces the file (a rename) while other processes may be
+/// waiting on the old one's lock, and a line appended to the replaced file would be lost.
+fn lock_current(path: &Path, open: impl Fn() -> std::io::Result<File>) -> std::io::Result<File> {
+    loop {
+        let f = open()?;
+        f.lock()?;
+        if same_file(&f, path) {
+            return Ok(f);
+        }
+        let _ = f.unlock();
+    }
+}
+
+#[cfg(unix)]
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &File, _: &Path) -> bool {
+    true
 }
 
 fn read_entries(path: &Path) -> Vec<Entry> {
