@@ -7,7 +7,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::image::{Image, ImageCache};
-use super::text::{Locator, OneOrMany, Seg, Text, yaml_error};
+use super::text::{OneOrMany, Seg, Text};
+use super::yaml::Yaml;
 use crate::error::{ConfigError, ConfigErrors, read_text};
 use crate::score::Rule;
 
@@ -450,15 +451,18 @@ pub fn load_suite(
         e.file = shown.to_path_buf();
         e
     })?;
-    let raw: RawSuite = serde_yaml::from_str(&text).map_err(|e| {
-        let (msg, line) = yaml_error(&e);
+    let yaml_err = |e: super::yaml::Error| {
         err(
-            line,
-            format!("{msg} (expected a suite: name, description, defaults, gate, cases)"),
+            e.line(),
+            format!(
+                "{} (expected a suite: name, description, defaults, gate, cases)",
+                e.message()
+            ),
         )
-    })?;
-    let loc = Locator::new(&text);
-    let line = |path: &[Seg]| loc.line(path);
+    };
+    let doc = Yaml::parse(&text).map_err(yaml_err)?;
+    let raw: RawSuite = doc.deserialize().map_err(yaml_err)?;
+    let line = |path: &[Seg]| doc.line(path);
     let mut errors = ConfigErrors::default();
 
     let stem = path
