@@ -103,7 +103,7 @@ pub struct Turn {
 // ---------------------------------------------------------------------------------------------
 // Raw types
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawSuite {
     name: Option<String>,
@@ -114,7 +114,7 @@ struct RawSuite {
     cases: Vec<RawCase>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     prompt: Option<String>,
@@ -142,7 +142,7 @@ enum ScoreKind {
     ContainsAny,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawGate {
     min_accuracy: Option<f64>,
@@ -153,14 +153,14 @@ struct RawGate {
     models: BTreeMap<String, RawThresholds>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawThresholds {
     min_accuracy: Option<f64>,
     min_pass_rate: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawCase {
     id: Text,
@@ -183,7 +183,7 @@ struct RawCase {
     turns: Option<Vec<RawTurn>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawTurn {
     image: Option<String>,
@@ -195,7 +195,7 @@ struct RawTurn {
 
 /// A rule as written: exactly one rule key, with `tolerance` beside `numeric` and `options`
 /// beside `choice`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
     exact: Option<Text>,
@@ -215,12 +215,13 @@ pub(crate) struct RawRule {
 }
 
 /// `choice: B` (with `options:` beside it) or `choice: { answer: B, options: [...] }`.
+#[derive(Debug)]
 pub(crate) struct RawChoice {
     answer: String,
     options: Option<Vec<Text>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct ChoiceMap {
     answer: Text,
@@ -257,7 +258,7 @@ impl<'de> Deserialize<'de> for RawChoice {
 }
 
 /// `numeric: 24` or `numeric: twenty-four`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(transparent)]
 struct NumberOrWords(Text);
 
@@ -906,3 +907,6 @@ pub fn discover(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod yaml_tests;

@@ -119,6 +119,8 @@ const MAX_DEPTH: u8 = 128;
 impl Yaml {
     /// Parses one YAML document.
     pub fn parse(text: &str) -> Result<Yaml, Error> {
+        // a byte order mark may start a YAML stream (yaml-rust2 would read it as text)
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut parser = Parser::new_from_str(text);
         let mut nodes: Vec<Node> = Vec::new();
         // anchor id (yaml-rust2's numbering) -> node
@@ -1252,4 +1254,4 @@ impl<'de> de::VariantAccess<'de> for UnitVariantAccess<'de, '_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
