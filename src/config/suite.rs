@@ -708,12 +708,14 @@ pub fn load_suite(
                             errors.push(err(tl("answers"), "a single human answer always scores 0 under VQA accuracy \
                                  (each answer is left out once and the prediction must match 1 of the others); \
                                  give the question's human answers (VQA v2 has 10), or use `score: any_of`".into()));
-                        } else if !multi && best + 1e-12 < pass_at {
+                        } else if !multi && pass_at <= 1.0 && best + 1e-12 < pass_at {
+                            // (a pass_at above 1 is reported as out of range; no answer count
+                            // reaches it, and 4 answers reach any other)
                             errors.push(err(tl("answers"), format!(
                                 "with {} human answers the best VQA accuracy is {best:.3}, below pass_at {pass_at}, so the case \
                                  can never pass (expected at least {} answers, or a lower pass_at)",
                                 a.len(),
-                                (1..).find(|&n| crate::score::vqa::best_possible(n) + 1e-12 >= pass_at).unwrap_or(4)
+                                (1..=4).find(|&n| crate::score::vqa::best_possible(n) + 1e-12 >= pass_at).unwrap_or(4)
                             )));
                         }
                         if matches!(score, ScoreKind::Vqa) {
