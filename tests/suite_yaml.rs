@@ -12,7 +12,12 @@ fn load(text: &str) -> Result<Suite, String> {
     let d = tempfile::tempdir().unwrap();
     let file = d.path().join("f.yaml");
     std::fs::write(&file, text).unwrap();
-    load_suite(&file, Path::new("suites/f.yaml"), &mut ImageCache::default()).map_err(|e| {
+    load_suite(
+        &file,
+        Path::new("suites/f.yaml"),
+        &mut ImageCache::default(),
+    )
+    .map_err(|e| {
         e.0.iter()
             .map(|e| e.to_string())
             .collect::<Vec<_>>()

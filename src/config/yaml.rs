@@ -457,7 +457,7 @@ fn unsigned<T>(s: &str, parse: Parse<T>) -> Option<T> {
             if digits.starts_with(['+', '-']) {
                 return None;
             }
-            if let Some(v) = parse(digits, base).ok() {
+            if let Ok(v) = parse(digits, base) {
                 return Some(v);
             }
         }
@@ -473,7 +473,7 @@ fn unsigned<T>(s: &str, parse: Parse<T>) -> Option<T> {
 fn negative<T>(s: &str, parse: Parse<T>) -> Option<T> {
     for (prefix, base) in [("-0x", 16), ("-0o", 8), ("-0b", 2)] {
         if let Some(digits) = s.strip_prefix(prefix)
-            && let Some(v) = parse(&format!("-{digits}"), base).ok()
+            && let Ok(v) = parse(&format!("-{digits}"), base)
         {
             return Some(v);
         }
@@ -496,12 +496,12 @@ fn signed<T>(s: &str, parse: Parse<T>) -> Option<T> {
             if digits.starts_with(['+', '-']) {
                 return None;
             }
-            if let Some(v) = parse(digits, base).ok() {
+            if let Ok(v) = parse(digits, base) {
                 return Some(v);
             }
         }
         if let Some(digits) = s.strip_prefix('-').and_then(|r| r.strip_prefix(prefix))
-            && let Some(v) = parse(&format!("-{digits}"), base).ok()
+            && let Ok(v) = parse(&format!("-{digits}"), base)
         {
             return Some(v);
         }
