@@ -484,6 +484,13 @@ fn anchors_aliases_and_limits_match_serde_yaml() {
         "*x",
         &deep,
     ]);
+    // very deep nesting: no stack overflow while parsing (iterative) or reading (128 levels)
+    let very_deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(
+        ours::<serde_json::Value>(&very_deep),
+        Err(("recursion limit exceeded".into(), Some(1)))
+    );
+    assert!(ours::<serde_json::Value>(&"[".repeat(100_000)).is_err());
     // a recursive alias, and an exponential one, end in an error, not a hang or a crash
     let cyclic = "a: &a [*a]";
     assert!(ours::<serde_json::Value>(cyclic).is_err());
