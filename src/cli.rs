@@ -139,10 +139,10 @@ fn parse_rule(text: &str) -> Result<Scorer, String> {
     if let Some(f) = per_line {
         return Ok(Scorer::WithAnswers(f));
     }
-    let raw: RawRule = serde_yaml::from_str(t).map_err(|e| {
+    let raw: RawRule = crate::config::yaml::from_str(t).map_err(|e| {
         format!(
             "--rule: {} (expected vqa, vqa_pre2021, any_of, exact, contains_any, or a rule such as '{{contains: cat}}' with one of: {})",
-            crate::config::text::yaml_error(&e).0,
+            e.message(),
             crate::config::suite::RULE_NAMES
         )
     })?;

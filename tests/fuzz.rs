@@ -345,10 +345,18 @@ fn suite_doc() -> impl Strategy<Value = Value> {
         })
 }
 
+/// Replaces the file's content with a new file: rewriting it in place (truncate, write) makes
+/// ext4 flush it to disk on close (its `auto_da_alloc` heuristic), which took a third of the
+/// suite target's time.
+fn rewrite(file: &Path, text: &str) {
+    let _ = std::fs::remove_file(file);
+    std::fs::write(file, text).unwrap();
+}
+
 /// Loads `text` as suite `suites/f.yaml` of a project with an image; checks the outcome.
 fn check_suite(dir: &Path, text: &str) -> Result<(), TestCaseError> {
     let file = dir.join("suites/f.yaml");
-    std::fs::write(&file, text).unwrap();
+    rewrite(&file, text);
     let shown = Path::new("suites/f.yaml");
     match load_suite(&file, shown, &mut ImageCache::default()) {
         Ok(s) => {
@@ -493,7 +501,7 @@ fn models_doc() -> impl Strategy<Value = Value> {
 
 fn check_models(dir: &Path, text: &str) -> Result<(), TestCaseError> {
     let file = dir.join("models.toml");
-    std::fs::write(&file, text).unwrap();
+    rewrite(&file, text);
     match load_models(&file) {
         Ok(m) => prop_assert!(!m.models.is_empty()),
         Err(errors) => {
@@ -616,6 +624,37 @@ fn fuzz_score_command(n: u32) {
                 assert!(v["error"].is_string() && v["line"].is_u64(), "{l}");
             }
         }
+    }
+}
+
+/// A case with VQA answers and a `pass_at` above 1 is reported at once (`pass_at` out of range).
+/// The "expected at least N answers" hint used to search for an answer count whose best VQA
+/// accuracy reaches `pass_at` without bound: above 1 it never ends, and the suite target hung
+/// on such inputs (found profiling it: a run of 1000 inputs did not end).
+#[test]
+fn pass_at_above_one_with_vqa_answers_does_not_hang() {
+    let d = project();
+    for suite in [
+        "cases:\n  - id: a\n    question: q\n    pass_at: 1.2\n    answers: [a, b]\n",
+        "defaults: { pass_at: .inf }\ncases:\n  - { id: a, question: q, answers: [a, b, c] }\n",
+    ] {
+        let file = d.path().join("suites/f.yaml");
+        std::fs::write(&file, suite).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = load_suite(
+                &file,
+                Path::new("suites/f.yaml"),
+                &mut ImageCache::default(),
+            );
+            let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("load_suite did not return within 20 s on {suite:?}"));
+        let e = r.unwrap_err();
+        assert!(e.contains("suites/f.yaml:"), "{e}");
+        assert!(e.contains("`pass_at` must be between 0 and 1"), "{e}");
     }
 }
 

@@ -5,6 +5,7 @@ pub mod models;
 pub(crate) mod served;
 pub mod suite;
 pub mod text;
+pub(crate) mod yaml;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

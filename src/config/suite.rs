@@ -7,7 +7,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::image::{Image, ImageCache};
-use super::text::{Locator, OneOrMany, Seg, Text, yaml_error};
+use super::text::{OneOrMany, Seg, Text};
+use super::yaml::Yaml;
 use crate::error::{ConfigError, ConfigErrors, read_text};
 use crate::score::Rule;
 
@@ -102,7 +103,7 @@ pub struct Turn {
 // ---------------------------------------------------------------------------------------------
 // Raw types
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawSuite {
     name: Option<String>,
@@ -113,7 +114,7 @@ struct RawSuite {
     cases: Vec<RawCase>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     prompt: Option<String>,
@@ -141,7 +142,7 @@ enum ScoreKind {
     ContainsAny,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawGate {
     min_accuracy: Option<f64>,
@@ -152,14 +153,14 @@ struct RawGate {
     models: BTreeMap<String, RawThresholds>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawThresholds {
     min_accuracy: Option<f64>,
     min_pass_rate: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawCase {
     id: Text,
@@ -182,7 +183,7 @@ struct RawCase {
     turns: Option<Vec<RawTurn>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawTurn {
     image: Option<String>,
@@ -194,7 +195,7 @@ struct RawTurn {
 
 /// A rule as written: exactly one rule key, with `tolerance` beside `numeric` and `options`
 /// beside `choice`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
     exact: Option<Text>,
@@ -214,12 +215,13 @@ pub(crate) struct RawRule {
 }
 
 /// `choice: B` (with `options:` beside it) or `choice: { answer: B, options: [...] }`.
+#[derive(Debug)]
 pub(crate) struct RawChoice {
     answer: String,
     options: Option<Vec<Text>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct ChoiceMap {
     answer: Text,
@@ -256,7 +258,7 @@ impl<'de> Deserialize<'de> for RawChoice {
 }
 
 /// `numeric: 24` or `numeric: twenty-four`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(transparent)]
 struct NumberOrWords(Text);
 
@@ -450,15 +452,18 @@ pub fn load_suite(
         e.file = shown.to_path_buf();
         e
     })?;
-    let raw: RawSuite = serde_yaml::from_str(&text).map_err(|e| {
-        let (msg, line) = yaml_error(&e);
+    let yaml_err = |e: super::yaml::Error| {
         err(
-            line,
-            format!("{msg} (expected a suite: name, description, defaults, gate, cases)"),
+            e.line(),
+            format!(
+                "{} (expected a suite: name, description, defaults, gate, cases)",
+                e.message()
+            ),
         )
-    })?;
-    let loc = Locator::new(&text);
-    let line = |path: &[Seg]| loc.line(path);
+    };
+    let doc = Yaml::parse(&text).map_err(yaml_err)?;
+    let raw: RawSuite = doc.deserialize().map_err(yaml_err)?;
+    let line = |path: &[Seg]| doc.line(path);
     let mut errors = ConfigErrors::default();
 
     let stem = path
@@ -703,12 +708,14 @@ pub fn load_suite(
                             errors.push(err(tl("answers"), "a single human answer always scores 0 under VQA accuracy \
                                  (each answer is left out once and the prediction must match 1 of the others); \
                                  give the question's human answers (VQA v2 has 10), or use `score: any_of`".into()));
-                        } else if !multi && best + 1e-12 < pass_at {
+                        } else if !multi && pass_at <= 1.0 && best + 1e-12 < pass_at {
+                            // (a pass_at above 1 is reported as out of range; no answer count
+                            // reaches it, and 4 answers reach any other)
                             errors.push(err(tl("answers"), format!(
                                 "with {} human answers the best VQA accuracy is {best:.3}, below pass_at {pass_at}, so the case \
                                  can never pass (expected at least {} answers, or a lower pass_at)",
                                 a.len(),
-                                (1..).find(|&n| crate::score::vqa::best_possible(n) + 1e-12 >= pass_at).unwrap_or(4)
+                                (1..=4).find(|&n| crate::score::vqa::best_possible(n) + 1e-12 >= pass_at).unwrap_or(4)
                             )));
                         }
                         if matches!(score, ScoreKind::Vqa) {
@@ -902,3 +909,6 @@ pub fn discover(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod yaml_tests;
