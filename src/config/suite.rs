@@ -46,7 +46,7 @@ pub struct Thresholds {
 }
 
 impl Gate {
-    pub fn for_model(&self, model: &str) -> Thresholds {
+    pub(crate) fn for_model(&self, model: &str) -> Thresholds {
         let base = Thresholds {
             min_accuracy: self.min_accuracy,
             min_pass_rate: self.min_pass_rate,
@@ -84,7 +84,7 @@ pub struct Case {
 
 impl Case {
     /// Whether any turn shows an image.
-    pub fn has_images(&self) -> bool {
+    pub(crate) fn has_images(&self) -> bool {
         self.turns.iter().any(|t| !t.images.is_empty())
     }
 }
@@ -430,7 +430,7 @@ fn one_line(s: &str) -> String {
 // Loading
 
 /// Valid names for suites, cases and models: `[a-z0-9_-]+` (models also allow `.`).
-pub fn valid_id(s: &str, allow_dot: bool) -> bool {
+pub(crate) fn valid_id(s: &str, allow_dot: bool) -> bool {
     !s.is_empty()
         && s.chars().all(|c| {
             c.is_ascii_lowercase()
@@ -869,7 +869,7 @@ fn check_unit(
 }
 
 /// Finds suite files: `path` itself, or every `*.yaml`/`*.yml` below it, sorted.
-pub fn discover(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+pub(crate) fn discover(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }

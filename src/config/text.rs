@@ -40,7 +40,7 @@ impl<'de> Deserialize<'de> for Text {
 
 /// One string or a list of strings (`not_contains: x` or `not_contains: [x, y]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OneOrMany(pub Vec<String>);
+pub(crate) struct OneOrMany(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -76,7 +76,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
 
 /// A step in a path into a YAML document.
 #[derive(Debug, Clone, Copy)]
-pub enum Seg<'a> {
+pub(crate) enum Seg<'a> {
     Key(&'a str),
     Index(usize),
 }

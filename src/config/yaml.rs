@@ -76,7 +76,7 @@ use super::text::Seg;
 
 /// How a scalar is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     Plain,
     SingleQuoted,
     DoubleQuoted,
@@ -88,7 +88,7 @@ pub enum Style {
 
 /// What a node holds. Children are indices into the tree's nodes.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(crate) enum Value {
     Scalar {
         text: String,
         style: Style,
@@ -101,7 +101,7 @@ pub enum Value {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Node {
+pub(crate) struct Node {
     /// 1-based line where the node starts (for a block mapping: its first key).
     pub line: usize,
     /// The resolved tag (`!name`, or `tag:yaml.org,2002:int` for `!!int`), if any.
@@ -111,7 +111,7 @@ pub struct Node {
 
 /// One YAML document.
 #[derive(Debug)]
-pub struct Yaml {
+pub(crate) struct Yaml {
     nodes: Vec<Node>,
     root: usize,
 }
@@ -126,7 +126,7 @@ const MAX_DEPTH: u8 = 128;
 
 impl Yaml {
     /// Parses one YAML document.
-    pub fn parse(text: &str) -> Result<Yaml, Error> {
+    pub(crate) fn parse(text: &str) -> Result<Yaml, Error> {
         // a byte order mark may start a YAML stream (yaml-rust2 would read it as text)
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut parser = Parser::new_from_str(text);
@@ -247,7 +247,7 @@ impl Yaml {
     }
 
     /// Deserializes the document.
-    pub fn deserialize<'de, T: de::Deserialize<'de>>(&'de self) -> Result<T, Error> {
+    pub(crate) fn deserialize<'de, T: de::Deserialize<'de>>(&'de self) -> Result<T, Error> {
         let jumps = Cell::new(0);
         T::deserialize(De {
             doc: self,
@@ -263,7 +263,7 @@ impl Yaml {
     /// ancestor that exists. An alias counts as its anchored node for the steps below it; its own
     /// line is where it is written. Of duplicate keys the last one is taken (the value a map
     /// keeps).
-    pub fn line(&self, path: &[Seg]) -> Option<usize> {
+    pub(crate) fn line(&self, path: &[Seg]) -> Option<usize> {
         let mut node = self.root;
         let mut line = self.nodes[node].line;
         for seg in path {
@@ -330,7 +330,7 @@ fn push(
 }
 
 /// Deserializes `text`, one YAML document, into `T`.
-pub fn from_str<T: de::DeserializeOwned>(text: &str) -> Result<T, Error> {
+pub(crate) fn from_str<T: de::DeserializeOwned>(text: &str) -> Result<T, Error> {
     Yaml::parse(text)?.deserialize()
 }
 
@@ -340,7 +340,7 @@ pub fn from_str<T: de::DeserializeOwned>(text: &str) -> Result<T, Error> {
 /// A YAML error: the message (with the path of the node before it, as `cases[0]: ...`) and the
 /// line where there is one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Error {
+pub(crate) struct Error {
     message: String,
     line: Option<usize>,
     /// Whether the position is final (set by the innermost node the error passed through).
@@ -369,12 +369,12 @@ impl Error {
     }
 
     /// The message, without the line.
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         &self.message
     }
 
     /// The 1-based line, where known.
-    pub fn line(&self) -> Option<usize> {
+    pub(crate) fn line(&self) -> Option<usize> {
         self.line
     }
 }
