@@ -233,7 +233,7 @@ bad_models!(
 bad_models!(
     key_of_another_backend,
     "[models.m]\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"x\"\nrepo = \"a/b\"\n",
-    "models.toml:5: key `repo` does not apply to backend `openai` (its keys: base_url, model, api_key_env, timeout_s, concurrency)"
+    "models.toml:5: key `repo` does not apply to backend `openai` (its keys: base_url, model, api_key_env, timeout_s, concurrency, stream)"
 );
 bad_models!(
     unknown_key,

@@ -131,6 +131,7 @@ fn key() -> impl Strategy<Value = String> {
             "latency_scale",
             "tokenizer",
             "tokenizer_repo",
+            "stream",
         ])
         .prop_map(str::to_string),
         "[a-z_]{1,8}",
@@ -464,6 +465,7 @@ fn models_doc() -> impl Strategy<Value = Value> {
                         "args",
                         "port",
                         "startup_timeout_s",
+                        "stream",
                     ])
                     .copied()
                     .collect::<Vec<&str>>(),

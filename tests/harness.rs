@@ -632,6 +632,79 @@ fn a_deferred_nextest_run_leaves_the_reports_to_vlmtest_report() {
     );
 }
 
+/// `stream = true`: requests ask for a stream (with usage), the answer is put together from its
+/// pieces, the time to first token is measured as the first piece arrives, and `max_ttft_ms` is
+/// checked on it. The same server without `stream` reports no timings: the budget is not
+/// checked there.
+#[test]
+fn a_streamed_answer_times_its_first_token_and_checks_the_budget() {
+    const SSE: &str = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Pa\"}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ris\"},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let server = Server::start(|seen| {
+        if seen.body["stream"] == true {
+            Reply::raw(200, SSE)
+                .header("Content-Type", "text/event-stream")
+                .after(400)
+        } else {
+            Reply::answer("Paris").after(400)
+        }
+    });
+    let p = Project::new();
+    p.suite(
+        "s",
+        "defaults:\n  snapshot: false\ncases:\n  - { id: tight, question: capital of France?, expect: { contains: Paris }, max_ttft_ms: 150 }\n  - { id: loose, question: capital of France??, expect: { contains: Paris }, max_ttft_ms: 60000 }\n",
+    )
+    .models(&server, &[("streamed", "stream = true"), ("plain", "")]);
+    let r = p.run(&["--skip", "gate"], &[]);
+    assert!(r.stdout.contains("test result"), "{}", r.all());
+    let report = p.report();
+    let case = |name: &str| {
+        report["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+            .clone()
+    };
+    let tight = case("streamed::s::tight");
+    assert_eq!(tight["answer"], "Paris", "{tight}");
+    assert_eq!(tight["status"], "failed", "{tight}");
+    let ttft = tight["turns"][0]["time_to_first_token_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(ttft >= 400.0, "{tight}");
+    assert!(
+        tight["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("over the budget of 150 ms"),
+        "{tight}"
+    );
+    assert_eq!(tight["turns"][0]["completion_tokens"], 3, "{tight}");
+    assert_eq!(case("streamed::s::loose")["status"], "passed");
+    for c in ["plain::s::tight", "plain::s::loose"] {
+        let c = case(c);
+        assert_eq!(c["status"], "passed", "{c}");
+        assert!(c["turns"][0]["time_to_first_token_ms"].is_null(), "{c}");
+    }
+    for chat in server.chats() {
+        let streamed = chat.body["model"] == "streamed-served";
+        assert_eq!(chat.body["stream"] == true, streamed, "{}", chat.body);
+        assert_eq!(
+            chat.body["stream_options"]["include_usage"] == true,
+            streamed,
+            "{}",
+            chat.body
+        );
+    }
+}
+
 #[test]
 fn an_interrupted_run_keeps_what_finished() {
     let server = Server::start(|seen| {

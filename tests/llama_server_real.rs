@@ -332,6 +332,47 @@ fn goldens_through_the_harness(server: &Path) -> Result<(), Failed> {
     check(log(&p).matches(REQUEST_STARTED).count() >= 7, || log(&p))
 }
 
+/// `stream = true`: the answers, put together from llama-server's server-sent events, are the
+/// goldens token for token; every turn's first token is timed as it arrives (within the
+/// turn's latency), and the decoding speed is there where more than one token came.
+fn streamed_answers_match_the_goldens(server: &Path) -> Result<(), Failed> {
+    let p = project(server, &[], "stream = true");
+    let r = p.run(&["--test-threads", "1"], &[("VLMTEST_REQUIRE_MODELS", "1")]);
+    check(r.code == Some(0), || {
+        format!("the run failed:\n{}", r.all())
+    })?;
+    let got = answers(&p);
+    let want = golden_answers(&[]);
+    check(got == want, || {
+        format!("streamed answers differ from golden.json\n got: {got:?}\nwant: {want:?}")
+    })?;
+    let report = p.report();
+    for c in report["cases"].as_array().unwrap() {
+        for t in c["turns"].as_array().unwrap() {
+            let (ttft, latency) = (
+                t["time_to_first_token_ms"].as_f64(),
+                t["latency_ms"].as_f64(),
+            );
+            check(
+                matches!((ttft, latency), (Some(f), Some(l)) if f > 0.0 && f <= l),
+                || format!("{}: ttft_ms {ttft:?}, latency_ms {latency:?}", c["case"]),
+            )?;
+            if t["completion_tokens"].as_u64().unwrap_or(0) > 1 {
+                check(
+                    t["tokens_per_second"].as_f64().is_some_and(|s| s > 0.0),
+                    || {
+                        format!(
+                            "{}: tokens_per_second {}",
+                            c["case"], t["tokens_per_second"]
+                        )
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn two_runs_give_the_same_answers(server: &Path) -> Result<(), Failed> {
     let p = project(server, &[], "");
     let mut runs = Vec::new();
@@ -500,10 +541,14 @@ fn main() {
     let args = Arguments::from_args();
     let found = find_server();
     type Test = fn(&Path) -> Result<(), Failed>;
-    let tests: [(&str, Test); 5] = [
+    let tests: [(&str, Test); 6] = [
         (
             "png_jpeg_webp_two_images_text_and_conversation_match_the_goldens",
             goldens_through_the_harness,
+        ),
+        (
+            "streamed_answers_match_the_goldens",
+            streamed_answers_match_the_goldens,
         ),
         (
             "two_runs_give_the_same_answers",

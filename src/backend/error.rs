@@ -27,6 +27,13 @@ pub enum BackendError {
     /// The reply's body could not be read to its end.
     #[error("reading the reply from {url} failed: {}", error_chain(.source))]
     Reply { url: String, source: reqwest::Error },
+    /// A streamed reply broke off (the connection, or the time left ran out).
+    #[error("reading the stream from {url} failed: {source}")]
+    Stream {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The reply is not the JSON of a chat/completions answer.
     #[error("{0}")]
     Protocol(String),
@@ -98,6 +105,7 @@ impl BackendError {
             BackendError::Http { .. }
             | BackendError::Transport { .. }
             | BackendError::Reply { .. }
+            | BackendError::Stream { .. }
             | BackendError::Protocol(_)
             | BackendError::Refused(_) => 502,
             BackendError::Timeout { .. } => 504,

@@ -355,6 +355,7 @@ impl LlamaServer {
             api_key_env: None,
             timeout: self.spec.timeout,
             concurrency: self.spec.concurrency,
+            stream: self.spec.stream,
         })?;
         client.images = ImageFormats::only(image_formats::LLAMA_SERVER);
         client

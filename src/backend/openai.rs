@@ -28,6 +28,9 @@ pub(crate) struct OpenAi {
     api_key: Option<String>,
     client: reqwest::blocking::Client,
     permits: Semaphore,
+    /// Ask for the answer as a stream of server-sent events and time its first piece of text
+    /// (`stream = true` in models.toml).
+    stream: bool,
 }
 
 impl OpenAi {
@@ -56,6 +59,7 @@ impl OpenAi {
             api_key,
             client,
             permits: Semaphore::new(spec.concurrency),
+            stream: spec.stream,
         })
     }
 
@@ -287,6 +291,107 @@ fn retry_after(
 }
 
 /// One attempt's failure: what failed, and whether trying again may help.
+/// Why a streamed answer could not be read: the connection (worth a retry), or what the server
+/// sent.
+enum StreamFailure {
+    Read(std::io::Error),
+    Answer(BackendError),
+}
+
+/// Reads an answer sent as server-sent events (`stream: true`): the text of every chunk's
+/// `choices[0].delta.content` (a string, or parts with `text`), the usage of the chunk that has
+/// it (`stream_options.include_usage`), the server's `timings` when a chunk carries them
+/// (llama-server's last one), and the time from `sent` to the first chunk with text — the time to
+/// first token as a streaming client sees it. An event is its `data:` lines (joined by newlines)
+/// up to a blank line; `data: [DONE]` ends the answer; comment (`:`) and `event:` lines are
+/// skipped. A server that ignores `stream` and answers with one JSON body is read as such.
+fn read_stream(
+    reader: impl std::io::BufRead,
+    sent: Instant,
+) -> Result<(Generation, Option<ServerTimings>), StreamFailure> {
+    let mut g = Generation::default();
+    let mut timings = None;
+    let mut events = 0usize;
+    let mut data = String::new();
+    let mut raw = String::new();
+    let mut done = false;
+    let mut handle = |data: &str, g: &mut Generation| -> Result<bool, BackendError> {
+        if data.trim() == "[DONE]" {
+            return Ok(true);
+        }
+        let v: Value = serde_json::from_str(data).map_err(|_| {
+            BackendError::Protocol(format!(
+                "a streamed chunk is not JSON: {:?}",
+                body_start(data)
+            ))
+        })?;
+        if let Some(err) = v.get("error") {
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| err.to_string());
+            return Err(BackendError::Refused(msg));
+        }
+        let delta = v.pointer("/choices/0/delta/content");
+        let piece = match delta {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect(),
+            _ => String::new(),
+        };
+        if !piece.is_empty() && g.time_to_first_token.is_none() {
+            g.time_to_first_token = Some(sent.elapsed());
+        }
+        g.text.push_str(&piece);
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            g.prompt_tokens = u.get("prompt_tokens").and_then(Value::as_u64);
+            g.completion_tokens = u.get("completion_tokens").and_then(Value::as_u64);
+        }
+        if let Some(t) = ServerTimings::read(&v) {
+            timings = Some(t);
+        }
+        Ok(false)
+    };
+    for line in reader.lines() {
+        let line = line.map_err(StreamFailure::Read)?;
+        let line = line.strip_suffix('\r').unwrap_or(&line);
+        if events == 0 && data.is_empty() {
+            raw.push_str(line);
+            raw.push('\n');
+        }
+        if line.is_empty() {
+            if !data.is_empty() {
+                events += 1;
+                done = handle(&data, &mut g).map_err(StreamFailure::Answer)?;
+                data.clear();
+                if done {
+                    break;
+                }
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        }
+    }
+    if !done && !data.is_empty() {
+        events += 1;
+        handle(&data, &mut g).map_err(StreamFailure::Answer)?;
+    }
+    if events == 0 {
+        // Not a stream: a server that does not stream answers with its usual JSON body.
+        return parse_reply(&raw).map_err(StreamFailure::Answer);
+    }
+    g.tokens_per_second = timings.and_then(|t| t.tokens_per_second);
+    Ok((g, timings))
+}
+
 struct Attempt {
     error: BackendError,
     retryable: bool,
@@ -298,6 +403,7 @@ impl OpenAi {
         &self,
         body: &Value,
         remaining: Duration,
+        sent: Instant,
     ) -> Result<(Generation, Option<ServerTimings>), Attempt> {
         let mut call = self.client.post(&self.url).json(body).timeout(remaining);
         if let Some(key) = &self.api_key {
@@ -321,6 +427,23 @@ impl OpenAi {
         })?;
         let status = resp.status();
         let wait = retry_after(resp.headers(), std::time::SystemTime::now());
+        if status.is_success() && self.stream {
+            return read_stream(std::io::BufReader::new(resp), sent).map_err(|e| match e {
+                StreamFailure::Read(source) => Attempt {
+                    retryable: source.kind() != std::io::ErrorKind::TimedOut,
+                    error: BackendError::Stream {
+                        url: self.url.clone(),
+                        source,
+                    },
+                    wait: None,
+                },
+                StreamFailure::Answer(error) => Attempt {
+                    retryable: false,
+                    error,
+                    wait: None,
+                },
+            });
+        }
         let text = resp.text().map_err(|e| Attempt {
             retryable: !e.is_timeout(),
             error: BackendError::Reply {
@@ -356,6 +479,10 @@ impl Backend for OpenAi {
     fn generate(&self, req: &Request) -> Result<Generation, BackendError> {
         let mut body = request_body(&self.model, req, &self.images)?;
         if let Some(fields) = body.as_object_mut() {
+            if self.stream {
+                fields.insert("stream".into(), true.into());
+                fields.insert("stream_options".into(), json!({"include_usage": true}));
+            }
             fields.extend(self.extra_body.clone());
         }
         let _permit = self.permits.acquire();
@@ -365,12 +492,16 @@ impl Backend for OpenAi {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let sent = Instant::now();
-            let failure = match self.attempt(&body, remaining.max(Duration::from_millis(1))) {
+            let failure = match self.attempt(&body, remaining.max(Duration::from_millis(1)), sent) {
                 Ok((mut g, timings)) => {
                     g.latency = start.elapsed();
                     g.retries = retries;
-                    g.time_to_first_token =
-                        timings.and_then(|t| t.time_to_first_token(sent.elapsed()));
+                    // A streamed answer's first piece of text was timed as it came; otherwise
+                    // the server's own timings tell it.
+                    if g.time_to_first_token.is_none() {
+                        g.time_to_first_token =
+                            timings.and_then(|t| t.time_to_first_token(sent.elapsed()));
+                    }
                     return Ok(g);
                 }
                 Err(f) => f,
@@ -504,5 +635,65 @@ mod tests {
         let e = parse_response(r#"{"error":{"message":"model not found"}}"#).unwrap_err();
         assert!(matches!(e, BackendError::Refused(_)), "{e:?}");
         assert!(e.to_string().contains("model not found"), "{e}");
+    }
+
+    fn stream(text: &str) -> Result<(Generation, Option<ServerTimings>), String> {
+        read_stream(std::io::Cursor::new(text.to_string()), Instant::now()).map_err(|e| match e {
+            StreamFailure::Read(e) => format!("read: {e}"),
+            StreamFailure::Answer(e) => e.to_string(),
+        })
+    }
+
+    /// Chunks as OpenAI, vLLM and llama-server send them: a role-only first delta, text pieces,
+    /// a usage-only chunk (`include_usage`), `[DONE]`; CRLF line ends, comments, `event:` lines.
+    #[test]
+    fn a_stream_is_read_piece_by_piece() {
+        let sse = concat!(
+            ": keep-alive\r\n\r\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\r\n\r\n",
+            "event: message\r\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Par\"}}]}\r\n\r\n",
+            "data:{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"is\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"after done\"}}]}\n\n",
+        );
+        let (g, timings) = stream(sse).unwrap();
+        assert_eq!(g.text, "Paris");
+        assert_eq!((g.prompt_tokens, g.completion_tokens), (Some(12), Some(2)));
+        assert!(g.time_to_first_token.is_some());
+        assert!(timings.is_none());
+    }
+
+    /// llama-server puts its timings in the last chunk; a stream cut before `[DONE]` keeps what
+    /// came; a chunk that is not JSON, or an error chunk, fails the answer.
+    #[test]
+    fn stream_timings_ends_and_errors() {
+        let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"timings\":{\"prompt_ms\":10.0,\"predicted_n\":5,\"predicted_ms\":40.0,\"predicted_per_second\":125.0}}\n\n";
+        let (g, timings) = stream(sse).unwrap();
+        assert_eq!(g.text, "Hi");
+        assert_eq!(g.tokens_per_second, Some(125.0));
+        assert_eq!(timings.unwrap().prompt, Some(Duration::from_millis(10)));
+        let cut = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}";
+        assert_eq!(stream(cut).unwrap().0.text, "Hello");
+        assert!(
+            stream("data: {\"choices\": [\n\n")
+                .unwrap_err()
+                .contains("a streamed chunk is not JSON")
+        );
+        assert_eq!(
+            stream("data: {\"error\":{\"message\":\"context too long\"}}\n\n").unwrap_err(),
+            "the server answered with an error: context too long"
+        );
+    }
+
+    /// A server that ignores `stream: true` answers with its usual body, which is read as such.
+    #[test]
+    fn a_server_that_does_not_stream_is_read_as_json() {
+        let body = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Paris"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        let (g, _) = stream(body).unwrap();
+        assert_eq!(g.text, "Paris");
+        assert_eq!(g.completion_tokens, Some(1));
+        assert!(g.time_to_first_token.is_none());
     }
 }

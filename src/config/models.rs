@@ -129,6 +129,9 @@ pub struct LlamaServerSpec {
     /// request with the same prefix. Off for temperature-0 models unless models.toml turns it on
     /// (it can change answers); on otherwise, as llama-server's default.
     pub cache_prompt: bool,
+    /// Ask for streamed answers and time the first piece of text as it arrives (instead of
+    /// deriving the time to first token from the server's timings).
+    pub stream: bool,
 }
 
 /// An OpenAI-compatible chat/completions server.
@@ -141,6 +144,9 @@ pub struct OpenAiSpec {
     pub api_key_env: Option<String>,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// Ask for streamed answers (server-sent events), so that the time to first token is
+    /// measured where the server reports no timings of its own.
+    pub stream: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,6 +224,7 @@ raw_model!(RawOpenai {
     api_key_env: Option<Spanned<String>>,
     timeout_s: Option<Spanned<f64>>,
     concurrency: Option<Spanned<usize>>,
+    stream: Option<bool>,
 });
 
 raw_model!(RawLlamaServer {
@@ -232,6 +239,7 @@ raw_model!(RawLlamaServer {
     concurrency: Option<Spanned<usize>>,
     // Any value, checked below, so that a wrong type is reported in our words at its own line.
     cache_prompt: Option<Spanned<toml::Value>>,
+    stream: Option<bool>,
 });
 
 /// `[defaults]`: the keys every model takes, and the HTTP backends' `timeout_s` and
@@ -599,6 +607,7 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                     api_key_env: m.api_key_env.as_ref().map(|s| s.get_ref().clone()),
                     timeout,
                     concurrency,
+                    stream: m.stream.unwrap_or(false),
                 }))
             }
             Raw::LlamaServer(m) => {
@@ -693,6 +702,7 @@ pub fn load_models(path: &Path) -> Result<ModelsConfig, ConfigErrors> {
                         timeout,
                         concurrency,
                         cache_prompt: cache_prompt.unwrap_or(!greedy),
+                        stream: m.stream.unwrap_or(false),
                     })
                 })
             }

@@ -83,6 +83,7 @@ pub(crate) fn apply(models: &mut ModelsConfig, served: &[Served]) -> Result<(), 
             api_key_env: None,
             timeout: TIMEOUT,
             concurrency,
+            stream: false,
         });
     }
     Ok(())
