@@ -944,7 +944,8 @@ mod tests {
                 "model",
                 "api_key_env",
                 "timeout_s",
-                "concurrency"
+                "concurrency",
+                "stream"
             ]
         );
         assert!(fields_of::<RawCommon>().contains(&"latency_scale"));
