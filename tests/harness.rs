@@ -544,6 +544,16 @@ fn a_filtered_run_reports_what_ran() {
     assert_eq!(report["suites"][0]["accuracy"], 1.0);
 }
 
+/// The case ids of report.json, in its order.
+fn reported_cases(p: &Project) -> Vec<String> {
+    p.report()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn processes_of_one_nextest_run_share_the_report() {
     let server = basic_server();
@@ -560,13 +570,7 @@ fn processes_of_one_nextest_run_share_the_report() {
             r.all()
         );
     }
-    let cases: Vec<String> = p.report()["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["case"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(cases, ["capital", "horse", "legs"]);
+    assert_eq!(reported_cases(&p), ["capital", "horse", "legs"]);
     // A new run starts afresh.
     p.run(
         &["--exact", "m1::basic::horse"],
@@ -605,13 +609,7 @@ fn a_deferred_nextest_run_leaves_the_reports_to_vlmtest_report() {
         "{}",
         String::from_utf8_lossy(&rendered.stderr)
     );
-    let cases: Vec<String> = p.report()["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["case"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(cases, ["capital", "horse", "legs"]);
+    assert_eq!(reported_cases(&p), ["capital", "horse", "legs"]);
     for f in ["report.md", "junit.xml", "report.html"] {
         assert!(out.join(f).is_file(), "{f} not rendered");
     }

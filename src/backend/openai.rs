@@ -188,6 +188,25 @@ impl ServerTimings {
     }
 }
 
+/// The server's `error` object as a refusal (its message, else the whole object).
+fn refusal(v: &Value) -> Option<BackendError> {
+    let err = v.get("error")?;
+    let msg = err
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| err.to_string());
+    Some(BackendError::Refused(msg))
+}
+
+/// The text of a content given as parts (`[{"type": "text", "text": ...}, ...]`).
+fn parts_text(parts: &[Value]) -> String {
+    parts
+        .iter()
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .collect()
+}
+
 /// The answer and token usage of a chat/completions response body, and the server's own timings
 /// when it reports them.
 pub(crate) fn parse_reply(body: &str) -> Result<(Generation, Option<ServerTimings>), BackendError> {
@@ -197,13 +216,8 @@ pub(crate) fn parse_reply(body: &str) -> Result<(Generation, Option<ServerTiming
             body_start(body)
         ))
     })?;
-    if let Some(err) = v.get("error") {
-        let msg = err
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| err.to_string());
-        return Err(BackendError::Refused(msg));
+    if let Some(refused) = refusal(&v) {
+        return Err(refused);
     }
     let choices = v.get("choices").and_then(Value::as_array).ok_or_else(|| {
         BackendError::Protocol(format!(
@@ -223,11 +237,7 @@ pub(crate) fn parse_reply(body: &str) -> Result<(Generation, Option<ServerTiming
     let text = match message.get("content") {
         Some(Value::String(s)) => s.clone(),
         // Some servers answer with content parts.
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(""),
+        Some(Value::Array(parts)) => parts_text(parts),
         Some(Value::Null) | None => String::new(),
         Some(other) => {
             return Err(BackendError::Protocol(format!(
@@ -325,21 +335,13 @@ fn read_stream(
                 body_start(data)
             ))
         })?;
-        if let Some(err) = v.get("error") {
-            let msg = err
-                .get("message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| err.to_string());
-            return Err(BackendError::Refused(msg));
+        if let Some(refused) = refusal(&v) {
+            return Err(refused);
         }
         let delta = v.pointer("/choices/0/delta/content");
         let piece = match delta {
             Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect(),
+            Some(Value::Array(parts)) => parts_text(parts),
             _ => String::new(),
         };
         if !piece.is_empty() && g.time_to_first_token.is_none() {

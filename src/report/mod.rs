@@ -765,18 +765,16 @@ impl Recorder {
             facts.finished_at = Some(rfc3339(SystemTime::now()));
             let _ = write_atomic(&self.out.join(RUN), &to_json(&facts));
         }
-        if self.deferred {
-            return match self.lock().error.take() {
-                Some(e) => Err(e),
-                None => Ok(()),
-            };
-        }
-        let report = self.snapshot(complete);
-        let writes: Vec<Result<(), OutputError>> = report
-            .render_all(&facts)
-            .into_iter()
-            .map(|(name, text)| write_atomic(&self.out.join(name), &text))
-            .collect();
+        // Deferred: the reports are `vlmtest report`'s to write.
+        let writes: Vec<Result<(), OutputError>> = if self.deferred {
+            Vec::new()
+        } else {
+            self.snapshot(complete)
+                .render_all(&facts)
+                .into_iter()
+                .map(|(name, text)| write_atomic(&self.out.join(name), &text))
+                .collect()
+        };
         if let Some(e) = self.lock().error.take() {
             return Err(e);
         }
